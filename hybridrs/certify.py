@@ -25,8 +25,6 @@ above 1/2 the comparison is made on complements, 1 − F = Σ c_k Φ(−·), to 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 from scipy.special import ndtr, ndtri
 
@@ -35,6 +33,7 @@ from .kernels import Groups
 
 #: Relative safety margin applied wherever a computed quantity decides a certificate.
 MARGIN = 1e-12
+_TOL = 1e-13  # root tolerance (relative and absolute): tightness only, soundness never depends on it
 _SPAN = 40.0  # Φ(±40) is 0 or 1 in float64: brackets at this many ρ-units contain every root.
 
 
@@ -113,7 +112,8 @@ def _knapsack(p: np.ndarray, g: Groups) -> np.ndarray:
 
 def _knapsack_inverse(tau: float, g: Groups) -> tuple[float, float]:
     """Smallest p_A whose knapsack value reaches τ, as (G0, 1 − G0), rounded against certifying."""
-    ccum, acum, ctail = _cumulative(g)
+    ccum, _, ctail = _cumulative(g)
+    acum = np.cumsum(np.where(g.clean > 0, g.adv, 0.0))  # mass at ℓ = +inf cannot be bought
     tau_eff = tau * (1 + MARGIN)
     if acum[-1] < tau_eff:
         return math.inf, -math.inf
@@ -127,98 +127,153 @@ def _knapsack_inverse(tau: float, g: Groups) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Vectorised bracketed root finding
+# Vectorised safeguarded Newton inside a bracket
 # --------------------------------------------------------------------------------------------
 
-def _bracket_root(f: Callable[[np.ndarray, np.ndarray], np.ndarray], lo, hi, flo, fhi,
-                  rtol: float, atol: float = 0.0, max_iter: int = 200):
-    """Illinois (modified regula falsi) on many increasing functions at once.
+def _newton(fd, lo, hi, x0, rtol: float, atol: float, max_iter: int = 100):
+    """Safeguarded Newton on many increasing functions at once.
 
-    Invariant for every problem i: f(lo_i) < 0 ≤ f(hi_i).  ``f(x, idx)`` evaluates the problems
-    ``idx`` at ``x``.  A step that fails to halve the bracket is followed by a bisection step, so
-    convergence is never slower than bisection.  Returns the final (lo, hi).
+    ``fd(x, idx) -> (f, df, below)`` evaluates problems ``idx`` at ``x``: a transformed value f
+    (nearly linear in x, for fast convergence), its derivative, and ``below`` (the *exact* side
+    test, deciding which end of the bracket x replaces: below ⟹ x is a new lower end).  Steps that
+    leave the bracket become bisections, so the method never does worse than bisection.  Returns
+    (lo, hi, x, step): the bracket, the last iterate and the last step length.
     """
-    lo, hi, flo, fhi = (np.array(a, dtype=np.float64, copy=True) for a in (lo, hi, flo, fhi))
-    side = np.zeros(lo.shape, dtype=np.int8)
-    bisect = np.zeros(lo.shape, dtype=bool)
-    active = np.ones(lo.shape, dtype=bool)
+    lo, hi = lo.astype(np.float64, copy=True), hi.astype(np.float64, copy=True)
+    x = np.where((x0 > lo) & (x0 < hi), x0, 0.5 * (lo + hi))
+    step = np.full(x.shape, np.inf)
+    active = np.ones(x.shape, dtype=bool)
     for _ in range(max_iter):
-        active &= (hi - lo) > rtol * np.maximum(np.abs(lo), np.abs(hi)) + atol
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        l, h, fl, fh = lo[idx], hi[idx], flo[idx], fhi[idx]
-        mid = 0.5 * (l + h)
+        xi = x[idx]
+        f, df, below = fd(xi, idx)
+        l = np.where(below, xi, lo[idx])
+        h = np.where(below, hi[idx], xi)
+        lo[idx], hi[idx] = l, h
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            x = h - fh * (h - l) / (fh - fl)
-        use_mid = bisect[idx] | ~np.isfinite(x) | (x <= l) | (x >= h)
-        x = np.where(use_mid, mid, x)
-        stuck = (x <= l) | (x >= h)  # the bracket is as small as float64 allows
-        active[idx[stuck]] = False
-        fx = f(x, idx)
-        width_before = h - l
-        down = fx < 0
-        # Illinois: halve the stale end's value when the same end moves twice.
-        fh_new = np.where(down & (side[idx] == -1), 0.5 * fh, fh)
-        fl_new = np.where(~down & (side[idx] == 1), 0.5 * fl, fl)
-        lo[idx] = np.where(down, x, l)
-        flo[idx] = np.where(down, fx, fl_new)
-        hi[idx] = np.where(down, h, x)
-        fhi[idx] = np.where(down, fh_new, fx)
-        side[idx] = np.where(down, -1, 1)
-        bisect[idx] = (hi[idx] - lo[idx]) > 0.5 * width_before
-    return lo, hi
+            xn = xi - f / df
+        good = np.isfinite(xn) & (xn > l) & (xn < h)
+        xn = np.where(good, xn, 0.5 * (l + h))
+        s = np.where(good, np.abs(xn - xi), h - l)
+        tol = rtol * np.maximum(np.abs(l), np.abs(h)) + atol
+        x[idx], step[idx] = xn, s
+        done = (s <= tol) | (h - l <= tol) | (xn <= l) | (xn >= h)
+        active[idx[done]] = False
+    return lo, hi, x, step
+
+
+def _close(fd, lo, hi, x, step, rtol, atol, side: str):
+    """Tighten the bracket end that matters next to a converged Newton iterate (one evaluation)."""
+    pad = np.maximum(4 * step, rtol * np.abs(x) + atol)
+    xc = x + pad if side == "hi" else x - pad
+    xc = np.clip(xc, lo, hi)
+    _, _, below = fd(xc, np.arange(x.size))
+    if side == "hi":
+        return lo, np.where(~below, xc, hi)
+    return np.where(below, xc, lo), hi
 
 
 # --------------------------------------------------------------------------------------------
 # The hybrid certificate
 # --------------------------------------------------------------------------------------------
 
-def _args(u: np.ndarray, rho: np.ndarray, g: Groups) -> np.ndarray:
+_SQRT2PI = math.sqrt(2 * math.pi)
+
+
+def _terms(u, rho, g):
+    """Per-group x_k = ρ/2 + (u − ℓ_k)/ρ and (u − ℓ_k)/ρ² (for derivatives in ρ)."""
     with np.errstate(invalid="ignore"):
-        return rho[:, None] / 2 + (u[:, None] - g.log_ratio[None, :]) / rho[:, None]
+        z = (u[:, None] - g.log_ratio[None, :]) / rho[:, None]
+    return rho[:, None] / 2 + z, z / rho[:, None]
+
+
+def _pdf_times(w, phi):
+    """φ·w with the convention φ = 0 ⟹ 0 (w may be ±inf where the group is at ℓ = ±inf)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(phi > 0, phi * w, 0.0)
 
 
 def _F(u, rho, g, complement: bool = False):
-    x = _args(u, rho, g)
+    x, _ = _terms(u, rho, g)
     return (g.clean * ndtr(-x if complement else x)).sum(axis=1)
 
 
 def _V(u, rho, g):
-    return (g.adv * ndtr(_args(u, rho, g) - rho[:, None])).sum(axis=1)
+    x, _ = _terms(u, rho, g)
+    return (g.adv * ndtr(x - rho[:, None])).sum(axis=1)
 
 
-def _u_bracket(rho: np.ndarray, g: Groups):
-    finite = g.log_ratio[np.isfinite(g.log_ratio)]
-    lmin, lmax = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-    return (lmin - rho * rho / 2 - _SPAN * rho - 1.0, lmax + rho * rho / 2 + _SPAN * rho + 1.0)
+def _wide_u(rho, g, masses):
+    """A bracket for u at which every Φ term is 0 (below) or 1 (above) in float64."""
+    ell = g.log_ratio[np.isfinite(g.log_ratio) & (masses > 0)]
+    lmin, lmax = (ell.min(), ell.max()) if ell.size else (0.0, 0.0)
+    return lmin - rho * rho / 2 - _SPAN * rho - 1.0, lmax + rho * rho / 2 + _SPAN * rho + 1.0
 
 
-def _required(rho: np.ndarray, g: Groups, tau: float):
-    """G(ρ), the smallest p_A certifying radius ρ against one adversary, for ρ > 0.
+def _u_tau(rho: np.ndarray, g: Groups, tau_eff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Upper end u_hi of a bracket for V(u; ρ) = τ_eff, with V(u_hi; ρ) ≥ τ_eff checked exactly.
 
-    Returns (G rounded up, 1 − G rounded down).  Solves V(u; ρ) = τ(1 + margin) inside a bracket
-    and evaluates F at the upper end, where V ≥ τ is guaranteed: any such u gives F(u) ≥ G.
+    Returns (u_hi, ok); ok is False where V never reaches τ_eff (then no p_A certifies ρ).
     """
-    tau_eff = tau * (1 + MARGIN)
-    lo, hi = _u_bracket(rho, g)
-    log_tau = math.log(tau_eff)
+    lo, hi = _wide_u(rho, g, g.adv)
+    finite = np.isfinite(g.log_ratio)
+    ok = np.full(rho.shape, g.adv[finite].sum() >= tau_eff)
+    # Knapsack boundary: every group below ℓ_b is fully inside at ℓ_b + ρ²/2 + 40ρ and every group
+    # from ℓ_b up is outside at ℓ_b + ρ²/2 − 40ρ, so the root lies within 40ρ of ℓ_b + ρ²/2.  On this
+    # short bracket V is smooth even when ρ is small (no plateaus between groups).
+    b = min(int(np.searchsorted(np.cumsum(np.where(finite, g.adv, 0.0)), tau_eff)), len(g) - 1)
+    if np.isfinite(g.log_ratio[b]):
+        centre = g.log_ratio[b] + rho * rho / 2
+        lo, hi = np.maximum(lo, centre - _SPAN * rho), np.minimum(hi, centre + _SPAN * rho)
+    x0 = hi
+    target = ndtri(tau_eff)
 
-    def f(u, idx):
-        with np.errstate(divide="ignore"):
-            return np.log(_V(u, rho[idx], g)) - log_tau
+    def fd(u, idx):
+        r = rho[idx]
+        x, _ = _terms(u, r, g)
+        y = x - r[:, None]
+        val = (g.adv * ndtr(y)).sum(axis=1)
+        dval = (g.adv * np.exp(-0.5 * y * y)).sum(axis=1) / (_SQRT2PI * r)
+        q = ndtri(val)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = dval / (np.exp(-0.5 * q * q) / _SQRT2PI)
+        return q - target, slope, val < tau_eff
 
-    all_idx = np.arange(rho.size)
-    flo, fhi = f(lo, all_idx), f(hi, all_idx)
-    ok = (flo < 0) & (fhi >= 0)
-    _, u_hi = _bracket_root(f, lo, hi, np.where(ok, flo, -1.0), np.where(ok, fhi, 1.0), rtol=4e-16, atol=1e-300)
-    big = np.where(ok, _F(u_hi, rho, g) * (1 + MARGIN), np.inf)
-    small = np.where(ok, _F(u_hi, rho, g, complement=True) * (1 - MARGIN), -np.inf)
-    return big, small
+    # The returned end must be a checked witness: fall back to the wide end where the short one fails.
+    _, wide_hi = _wide_u(rho, g, g.adv)
+    hi = np.where(fd(hi, np.arange(rho.size))[2], wide_hi, hi)
+    lo, hi, x, step = _newton(fd, lo, hi, x0, rtol=_TOL, atol=_TOL)
+    lo, hi = _close(fd, lo, hi, x, step, _TOL, _TOL, side="hi")
+    return hi, ok
+
+
+def _required(rho: np.ndarray, g: Groups, tau: float, with_slope: bool = False):
+    """G(ρ), the smallest p_A certifying image radius ρσ against one adversary (ρ > 0).
+
+    Returns (G rounded up, 1 − G rounded down[, dG/dρ]).  F is evaluated at the witness u_hi where
+    V(u_hi) ≥ τ(1 + margin) was checked, so F(u_hi) ≥ G: the rounding only ever lowers the radius.
+    """
+    u, ok = _u_tau(rho, g, tau * (1 + MARGIN))
+    x, z2 = _terms(u, rho, g)
+    big = np.where(ok, (g.clean * ndtr(x)).sum(axis=1) * (1 + MARGIN), np.inf)
+    small = np.where(ok, (g.clean * ndtr(-x)).sum(axis=1) * (1 - MARGIN), -np.inf)
+    if not with_slope:
+        return big, small
+    y = x - rho[:, None]
+    phi_x, phi_y = np.exp(-0.5 * x * x) / _SQRT2PI, np.exp(-0.5 * y * y) / _SQRT2PI
+    dF_drho = (g.clean * _pdf_times(0.5 - z2, phi_x)).sum(axis=1)
+    dF_du = (g.clean * phi_x).sum(axis=1) / rho
+    dV_drho = (g.adv * _pdf_times(-0.5 - z2, phi_y)).sum(axis=1)
+    dV_du = (g.adv * phi_y).sum(axis=1) / rho
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = dF_drho - dF_du * dV_drho / dV_du
+    return big, small, slope
 
 
 def _radius_one(p: np.ndarray, g: Groups, tau: float) -> np.ndarray:
-    """ρ* = sup{ρ : G(ρ) ≤ p_A} for one adversary; −inf if not certified at ε = 0."""
+    """ρ* = sup{ρ : G(ρ) ≤ p_A} for one adversary; −inf if not certified at ε = 0, 0 if only there."""
     out = np.full(p.shape, -np.inf)
     cert0 = _knapsack(p, g) >= tau * (1 + MARGIN)
     if not cert0.any():
@@ -227,29 +282,28 @@ def _radius_one(p: np.ndarray, g: Groups, tau: float) -> np.ndarray:
     pp = p[idx0]
     q = 1.0 - pp
     hi_side = pp > 0.5
+    target = ndtri(pp)
 
-    def psi(rho, idx):
-        big, small = _required(rho, g, tau)
-        # ψ < 0 ⟺ certified at ρ, computed on the accurate side.
-        return np.where(hi_side[idx], q[idx] - small, big - pp[idx])
+    def fd(rho, idx):
+        big, small, slope = _required(rho, g, tau, with_slope=True)
+        hs = hi_side[idx]
+        # h = Φ⁻¹(G) − Φ⁻¹(p_A): nearly linear in ρ (exactly so at d = 0).
+        zg = np.where(hs, -ndtri(np.clip(small, 0, 1)), ndtri(np.clip(big, 0, 1)))
+        certified = np.where(hs, small >= q[idx], big <= pp[idx])
+        return zg - target[idx], slope / (np.exp(-0.5 * zg * zg) / _SQRT2PI), certified
 
-    g0, g0c = _knapsack_inverse(tau, g)
-    flo = np.where(hi_side, q - g0c, g0 - pp)
-    flo = np.minimum(flo, -1e-300)
     lo = np.zeros(pp.shape)
     with np.errstate(divide="ignore"):
         hi = np.maximum(ndtri(np.minimum(pp, 1 - 1e-16)) - ndtri(tau), 0.0) + 1.0
-    all_idx = np.arange(pp.size)
-    fhi = psi(hi, all_idx)
-    for _ in range(60):  # the Cohen radius bounds every d ≥ 0 radius; grow only if needed
-        grow = fhi < 0
-        if not grow.any():
+    # The Cohen radius (d = 0) bounds every d ≥ 0 radius; grow the bracket only if a check says so.
+    for _ in range(60):
+        _, _, certified = fd(hi, np.arange(pp.size))
+        if not certified.any():
             break
-        lo = np.where(grow, hi, lo)
-        flo = np.where(grow, fhi, flo)
-        hi = np.where(grow, 2 * hi, hi)
-        fhi[grow] = psi(hi[grow], np.flatnonzero(grow))
-    lo, _ = _bracket_root(psi, lo, hi, flo, fhi, rtol=1e-13)
+        lo = np.where(certified, hi, lo)
+        hi = np.where(certified, 2 * hi, hi)
+    lo, hi, x, step = _newton(fd, lo, hi, 0.5 * (lo + hi), rtol=_TOL, atol=1e-300)
+    lo, hi = _close(fd, lo, hi, x, step, _TOL, 1e-300, side="lo")
     out[idx0] = lo
     return out
 
@@ -319,21 +373,39 @@ def worst_case(p_a, kernel, d: int, eps: float, sigma: float):
 
 def _worst_one(p: np.ndarray, g: Groups, rho: float) -> np.ndarray:
     rho_v = np.full(p.shape, rho)
-    lo, hi = _u_bracket(rho_v, g)
+    lo, hi = _wide_u(rho_v, g, g.clean)
     q = 1.0 - p
     hi_side = p > 0.5
+    p_eff, q_eff = p * (1 - MARGIN), q * (1 + MARGIN)
+    target = np.where(hi_side, -ndtri(q_eff), ndtri(p_eff))
 
-    def f(u, idx):  # < 0 ⟺ F(u) < p_A, with the margin on the side that lowers V
-        return np.where(hi_side[idx], q[idx] * (1 + MARGIN) - _F(u, rho_v[idx], g, complement=True),
-                        _F(u, rho_v[idx], g) - p[idx] * (1 - MARGIN))
+    def fd(u, idx):  # below ⟺ F(u) < p_A, with the margin on the side that lowers V
+        r = rho_v[idx]
+        x, _ = _terms(u, r, g)
+        hs = hi_side[idx]
+        fc = (g.clean * ndtr(-x)).sum(axis=1)
+        f = (g.clean * ndtr(x)).sum(axis=1)
+        z = np.where(hs, -ndtri(np.clip(fc, 0, 1)), ndtri(np.clip(f, 0, 1)))
+        dens = (g.clean * np.exp(-0.5 * x * x)).sum(axis=1) / (_SQRT2PI * r)
+        below = np.where(hs, fc > q_eff[idx], f < p_eff[idx])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = dens / (np.exp(-0.5 * z * z) / _SQRT2PI)
+        return z - target[idx], slope, below
 
     all_idx = np.arange(p.size)
-    flo, fhi = f(lo, all_idx), f(hi, all_idx)
-    empty = flo >= 0  # p_A within the zero-ratio mass: the worst case is 0
-    full = fhi < 0  # p_A beyond float resolution of 1: take the whole upper bracket
-    ok = ~empty & ~full
-    u_lo, _ = _bracket_root(f, lo, hi, np.where(ok, flo, -1.0), np.where(ok, fhi, 1.0), rtol=4e-16, atol=1e-300)
-    u = np.where(full, hi, u_lo)
+    empty = ~fd(lo, all_idx)[2]  # p_A within the zero-ratio mass: the worst case is 0
+    full = fd(hi, all_idx)[2]  # p_A beyond float resolution of 1: the whole upper bracket
+    # Short bracket around the knapsack boundary group (see _u_tau); the lower end is checked.
+    ccum = np.cumsum(g.clean)
+    b = np.minimum(np.searchsorted(ccum, p), len(g) - 1)
+    centre = g.log_ratio[b] - rho * rho / 2
+    with np.errstate(invalid="ignore"):
+        lo_s = np.where(np.isfinite(centre), np.maximum(lo, centre - _SPAN * rho), lo)
+        hi_s = np.where(np.isfinite(centre), np.minimum(hi, centre + _SPAN * rho), hi)
+    lo_s = np.where(fd(lo_s, all_idx)[2], lo_s, lo)
+    lo2, hi2, x, step = _newton(fd, lo_s, np.maximum(hi_s, lo_s), 0.5 * (lo_s + hi_s), rtol=_TOL, atol=_TOL)
+    lo2, _ = _close(fd, lo2, hi2, x, step, _TOL, _TOL, side="lo")
+    u = np.where(full, hi, lo2)
     val = _V(u, rho_v, g) * (1 - MARGIN)
     return np.where(empty | (p == 0), 0.0, np.clip(val, 0.0, 1.0))
 

@@ -186,8 +186,9 @@ class UniformKernel(_TokenKernel):
 class AbsorbingKernel(_TokenKernel):
     """Absorbing (masking) kernel: each position becomes ``mask_id`` with probability β.
 
-    Under a d-change adversary only two likelihood ratios occur: 0 (some changed position kept,
-    clean mass 1 − β^d) and 1 (all d changed positions masked, mass β^d).  Its ε = 0 certificate
+    Under a d-change adversary three likelihood ratios occur: 0 (some changed position shows the
+    clean token: clean mass 1 − β^d), +∞ (it shows the adversarial token: adversarial mass
+    1 − β^d) and 1 (all d changed positions masked, mass β^d under both).  Its ε = 0 certificate
     is p_adv = max(0, p_A − (1 − β^d)) (Chen et al. 2025), which collapses like β^d.
     """
 
@@ -208,7 +209,9 @@ class AbsorbingKernel(_TokenKernel):
         d = v.integer(d, "d")
         log_all = d * math.log(self.beta)
         log_some_kept = math.log(-math.expm1(log_all)) if d > 0 else -math.inf
-        return Groups.from_log_masses(np.array([log_some_kept, log_all]), np.array([-math.inf, log_all]))
+        # some changed position kept: s-token (clean only), s'-token (adversarial only); all masked
+        return Groups.from_log_masses(np.array([log_some_kept, -math.inf, log_all]),
+                                      np.array([-math.inf, log_some_kept, log_all]))
 
 
 class HeteroUniformKernel(_TokenKernel):
