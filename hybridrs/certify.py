@@ -165,14 +165,28 @@ def _newton(fd, lo, hi, x0, rtol: float, atol: float, max_iter: int = 100):
 
 
 def _close(fd, lo, hi, x, step, rtol, atol, side: str):
-    """Tighten the bracket end that matters next to a converged Newton iterate (one evaluation)."""
+    """Tighten the bracket end that matters next to a converged Newton iterate.
+
+    Newton often converges from one side only, leaving the other end far away; step a little past
+    the iterate towards that end, widening the step until the exact side test confirms it.
+    """
+    lo, hi = lo.copy(), hi.copy()
     pad = np.maximum(4 * step, rtol * np.abs(x) + atol)
-    xc = x + pad if side == "hi" else x - pad
-    xc = np.clip(xc, lo, hi)
-    _, _, below = fd(xc, np.arange(x.size))
-    if side == "hi":
-        return lo, np.where(~below, xc, hi)
-    return np.where(below, xc, lo), hi
+    todo = np.arange(x.size)
+    for _ in range(12):
+        if todo.size == 0:
+            break
+        xt = x[todo] + pad[todo] if side == "hi" else x[todo] - pad[todo]
+        xt = np.clip(xt, lo[todo], hi[todo])
+        _, _, below = fd(xt, todo)
+        ok = ~below if side == "hi" else below
+        if side == "hi":
+            hi[todo[ok]] = xt[ok]
+        else:
+            lo[todo[ok]] = xt[ok]
+        todo = todo[~ok]
+        pad[todo] *= 16
+    return lo, hi
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_monotone_in_eps_and_d():
         if prev_d is not None:
             assert np.all(vals <= prev_d + 1e-15)
         prev_d = vals
-    r = frontier(np.linspace(0.6, 0.9999, 50), k, 8, 1.0, TAU)
+    r = frontier(np.linspace(0.6, 0.99995, 400), k, 8, 1.0, TAU)
     assert np.all(r[:, 1:] <= r[:, :-1])
     assert np.all(r[1:] >= r[:-1] * (1 - 1e-12))  # larger p_A never certifies less
 
