@@ -290,13 +290,19 @@ def _radius_one(p: np.ndarray, g: Groups, tau: float) -> np.ndarray:
     """ρ* = sup{ρ : G(ρ) ≤ p_A} for one adversary; −inf if not certified at ε = 0, 0 if only there."""
     out = np.full(p.shape, -np.inf)
     cert0 = _knapsack(p, g) >= tau * (1 + MARGIN)
+    # p_A = 1: the region is every group of positive clean mass at any ρ, so the radius is infinite
+    # exactly when that adversarial mass reaches τ.
+    sure = (p == 1.0) & (g.adv[g.clean > 0].sum() >= tau * (1 + MARGIN))
+    out[sure] = np.inf
+    cert0 &= ~sure
     if not cert0.any():
         return out
     idx0 = np.flatnonzero(cert0)
     pp = p[idx0]
     q = 1.0 - pp
     hi_side = pp > 0.5
-    target = ndtri(pp)
+    # Newton's target only steers the iterates (the exact side test decides), so keep it finite.
+    target = ndtri(np.clip(pp, 1e-300, 1 - 1e-16))
 
     def fd(rho, idx):
         big, small, slope = _required(rho, g, tau, with_slope=True)
@@ -304,7 +310,8 @@ def _radius_one(p: np.ndarray, g: Groups, tau: float) -> np.ndarray:
         # h = Φ⁻¹(G) − Φ⁻¹(p_A): nearly linear in ρ (exactly so at d = 0).
         zg = np.where(hs, -ndtri(np.clip(small, 0, 1)), ndtri(np.clip(big, 0, 1)))
         certified = np.where(hs, small >= q[idx], big <= pp[idx])
-        return zg - target[idx], slope / (np.exp(-0.5 * zg * zg) / _SQRT2PI), certified
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return zg - target[idx], slope / (np.exp(-0.5 * zg * zg) / _SQRT2PI), certified
 
     lo = np.zeros(pp.shape)
     with np.errstate(divide="ignore"):
@@ -391,7 +398,7 @@ def _worst_one(p: np.ndarray, g: Groups, rho: float) -> np.ndarray:
     q = 1.0 - p
     hi_side = p > 0.5
     p_eff, q_eff = p * (1 - MARGIN), q * (1 + MARGIN)
-    target = np.where(hi_side, -ndtri(q_eff), ndtri(p_eff))
+    target = np.where(hi_side, -ndtri(np.clip(q_eff, 1e-300, 1)), ndtri(np.clip(p_eff, 1e-300, 1)))
 
     def fd(u, idx):  # below ⟺ F(u) < p_A, with the margin on the side that lowers V
         r = rho_v[idx]
