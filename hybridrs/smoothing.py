@@ -192,6 +192,53 @@ class HybridSmooth:
                            seconds_sampling=t1 - t0, seconds_certify=t2 - t1)
 
 
+    def certify_suffix(self, tokens, image, n: int, *, m: int = 8, filler_id: int, alpha: float = 0.01,
+                       tau: float = 0.5, shared: bool = False, seed: int = 0) -> Certificate:
+        """Certify the append-only suffix threat: a suffix of up to m tokens.
+
+        The input is padded to s ∥ cᵐ (filler c); a suffix of length d overwrites the first d
+        filler slots (Delattre et al. 2026, released code).  Two protocols:
+
+        * per-d (``shared=False``): for each d = 1..m the kernel noises only the first d slots, so
+          p_A is re-estimated for every d (m Monte Carlo runs, n draws each);
+        * shared-D (``shared=True``): all m slots are noised once and every d ≤ m is certified
+          from one p_A (one run; radii are somewhat smaller since more positions are noised).
+
+        ``radii[d]`` is r*(d) for d = 0..m; ``extra`` holds the per-d counts and p_A values.
+        """
+        m = v.integer(m, "m", minimum=1)
+        if self.kernel is None:
+            raise ValueError("certify_suffix needs a text kernel")
+        alpha = v.open_unit(alpha, "alpha")
+        tau = v.open_unit(tau, "tau")
+        tokens, _ = self._inputs(tokens, image)
+        filler = torch.full((m,), v.integer(filler_id, "filler_id"), dtype=tokens.dtype, device=tokens.device)
+        padded = torch.cat([tokens, filler])
+        L = tokens.numel()
+        if shared:
+            mask = torch.zeros(L + m, dtype=torch.bool, device=tokens.device)
+            mask[L:] = True
+            cert = self.certify(padded, image, n, alpha=alpha, tau=tau, d_max=m, seed=seed, mask=mask)
+            cert.extra.update(threat="suffix-shared", counts=[cert.count], p_a_per_d=[cert.p_a])
+            return cert
+        radii, counts, p_as = [], [], []
+        t_sample = t_cert = 0.0
+        for d in range(1, m + 1):
+            mask = torch.zeros(L + m, dtype=torch.bool, device=tokens.device)
+            mask[L:L + d] = True
+            c = self.certify(padded, image, n, alpha=alpha, tau=tau, d_max=d, seed=seed + d, mask=mask)
+            if d == 1:
+                radii.append(c.radii[0])
+            radii.append(c.radii[d])
+            counts.append(c.count)
+            p_as.append(c.p_a)
+            t_sample += c.seconds_sampling
+            t_cert += c.seconds_certify
+        return Certificate(n=n, count=counts[0], p_a=p_as[0], radii=np.array(radii), sigma=self.sigma, tau=tau,
+                           alpha=alpha, seconds_sampling=t_sample, seconds_certify=t_cert,
+                           extra={"threat": "suffix-per-d", "counts": counts, "p_a_per_d": p_as})
+
+
 class GaussianSmooth:
     """Cohen, Rosenfeld and Kolter (2019): g(x) = argmax_c P[f(x + σε) = c], ε ~ N(0, I).
 
