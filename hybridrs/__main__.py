@@ -1,0 +1,8 @@
+"""``python -m hybridrs ...``: the same command line as the ``hybridrs`` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
