@@ -37,11 +37,23 @@ def _eps_vector(eps, n: int, dtype) -> torch.Tensor:
     return torch.full((n,), _validate.nonnegative(eps, "eps"), dtype=dtype)
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """∇_x of the summed cross-entropy, and the logits at x."""
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{j≠y} f_j − f_y for each row (positive exactly when the point is misclassified);
+    the attack objective of Carlini & Wagner (2017) without its confidence offset."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
+    return others.max(dim=1).values - true
+
+
+def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
+    """∇_x of the summed loss ('ce' = cross-entropy, 'margin' = ``margin_loss``), and the logits."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
-    loss = F.cross_entropy(logits, y, reduction="sum")
+    if loss == "ce":
+        loss = F.cross_entropy(logits, y, reduction="sum")
+    else:
+        loss = margin_loss(logits, y).sum()
     (grad,) = torch.autograd.grad(loss, x)
     return grad, logits.detach()
 
@@ -81,12 +93,15 @@ def project_l2(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int = 40,
            step_size: float | None = None, seed: int = 0, random_start: bool = True,
-           clip: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
-    """Projected gradient ascent on the cross-entropy in the ℓ2 ball, Madry et al. (2018), §2:
+           clip: tuple[float, float] | None = (0.0, 1.0), loss: str = "ce") -> torch.Tensor:
+    """Projected gradient ascent on a loss in the ℓ2 ball, Madry et al. (2018), §2:
 
         δ_{t+1} = Π( δ_t + η · g_t/‖g_t‖₂ ),  g_t = ∇_x ℓ(f(x+δ_t), y),
 
-    where Π first projects onto {‖δ‖₂ ≤ ε} and then clips x+δ to the pixel box ``clip``.  Because
+    with ℓ the cross-entropy (``loss='ce'``), ``margin_loss`` (``loss='margin'``), or, for
+    ``loss='targeted'``, one run per class j ≠ y maximising f_j − f_y (the first success is kept;
+    on a linear model each run is exact, so the attack succeeds whenever ε exceeds the radius).
+    Π first projects onto {‖δ‖₂ ≤ ε} and then clips x+δ to the pixel box ``clip``.  Because
     x lies in the box, clipping only shrinks each |δ_i|, so every iterate is feasible for both
     constraints.  ``eps`` is a scalar or a per-example (N,) tensor; ``step_size`` defaults to
     2.5 ε / steps.  With ``random_start`` the search starts from a point drawn uniformly in the
@@ -96,6 +111,8 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
     _check_inputs(x, y)
     steps = _validate.integer(steps, "steps", minimum=1)
     seed = _validate.integer(seed, "seed", minimum=0)
+    if loss not in ("ce", "margin", "targeted"):
+        raise ValueError(f"loss must be 'ce', 'margin' or 'targeted', got {loss!r}")
     n = x.shape[0]
     eps_v = _eps_vector(eps, n, x.dtype)
     if step_size is None:
@@ -111,33 +128,61 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
         direction = torch.randn(x.shape, generator=gen, dtype=x.dtype)
         direction = direction / _per_example(_flat_norm(direction).clamp_min(1e-30), x)
         radius = eps_v * torch.rand(n, generator=gen, dtype=x.dtype) ** (1.0 / d)
-        delta = direction * _per_example(radius, x)
+        delta0 = direction * _per_example(radius, x)
     else:
-        delta = torch.zeros_like(x)
+        delta0 = torch.zeros_like(x)
 
-    def feasible(delta: torch.Tensor) -> torch.Tensor:
-        delta = project_l2(delta, eps_v)
+    def feasible(delta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        delta = project_l2(delta, eps_v[rows])
         if clip is not None:
-            delta = (x + delta).clamp(*clip) - x
+            delta = (x[rows] + delta).clamp(*clip) - x[rows]
         return delta
 
-    delta = feasible(delta)
-    best = x + delta
+    def run(rows: torch.Tensor, target: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        xr, yr = x[rows], y[rows]
+        delta = feasible(delta0[rows], rows)
+        best = xr + delta
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        for _ in range(steps + 1):
+            xd = (xr + delta).detach().requires_grad_(True)
+            logits = model(xd)
+            fooled = logits.detach().argmax(dim=1) != yr
+            new = fooled & ~done
+            best[new] = xd.detach()[new]
+            done |= fooled
+            if bool(done.all()) or _ == steps:
+                break
+            if target is not None:       # push logit `target` above the true one
+                obj = (logits[:, target] - logits.gather(1, yr[:, None]).squeeze(1)).sum()
+            elif loss == "ce":
+                obj = F.cross_entropy(logits, yr, reduction="sum")
+            else:
+                obj = margin_loss(logits, yr).sum()
+            (grad,) = torch.autograd.grad(obj, xd)
+            gnorm = _per_example(_flat_norm(grad).clamp_min(1e-30), grad)
+            delta = feasible(delta + _per_example(eta[rows], xr) * grad / gnorm, rows)
+        best[~done] = (xr + delta)[~done]
+        return best.detach(), done
+
+    all_rows = torch.arange(n)
+    if loss != "targeted":
+        return run(all_rows, None)[0]
+    # one attack per target class j ≠ y; keep the first that succeeds
+    best = x.clone()
     done = torch.zeros(n, dtype=torch.bool)
-    for _ in range(steps):
-        grad, logits = _loss_grad(model, x + delta, y)
-        fooled = logits.argmax(dim=1) != y
-        new = fooled & ~done
-        best[new] = (x + delta)[new]
-        done |= fooled
-        if bool(done.all()):
-            break
-        gnorm = _per_example(_flat_norm(grad).clamp_min(1e-30), grad)
-        delta = feasible(delta + _per_example(eta, x) * grad / gnorm)
+    n_classes = None
     with torch.no_grad():
-        fooled = model(x + delta).argmax(dim=1) != y
-    last = ~done
-    best[last] = (x + delta)[last]
+        n_classes = model(x[:1]).shape[1]
+    for target in range(n_classes):
+        rows = all_rows[(y != target) & ~done]
+        if len(rows) == 0:
+            continue
+        adv, ok = run(rows, target)
+        upd = rows[ok] if bool(ok.any()) else rows[:0]
+        best[upd] = adv[ok]
+        # points never broken keep the last target's final iterate (any feasible point will do)
+        best[rows[~ok]] = adv[~ok]
+        done[upd] = True
     return best.detach()
 
 
@@ -149,7 +194,8 @@ def is_adversarial(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> to
 
 def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_max: float,
                      bisections: int = 12, steps: int = 40, seed: int = 0,
-                     clip: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
+                     clip: tuple[float, float] | None = (0.0, 1.0), loss: str = "ce",
+                     random_start: bool = True) -> torch.Tensor:
     """Smallest ℓ2 budget at which ``pgd_l2`` finds an adversarial example, by bisection on ε.
 
     For each example, keeps an interval [lo, hi] with PGD failing at lo and succeeding at hi
@@ -166,7 +212,8 @@ def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_max
         wrong = model(x).argmax(dim=1) != y
     lo = torch.zeros(n, dtype=x.dtype)
     hi = torch.full((n,), eps_max, dtype=x.dtype)
-    ok = is_adversarial(model, pgd_l2(model, x, y, hi, steps=steps, seed=seed, clip=clip), y)
+    ok = is_adversarial(model, pgd_l2(model, x, y, hi, steps=steps, seed=seed, clip=clip, loss=loss,
+                                   random_start=random_start), y)
     hi[~ok] = math.inf
     for _ in range(bisections):
         active = ok & ~wrong
@@ -174,7 +221,8 @@ def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_max
             break
         mid = (lo + hi) / 2
         idx = active.nonzero().squeeze(1)
-        adv = pgd_l2(model, x[idx], y[idx], mid[idx], steps=steps, seed=seed, clip=clip)
+        adv = pgd_l2(model, x[idx], y[idx], mid[idx], steps=steps, seed=seed, clip=clip, loss=loss,
+                                   random_start=random_start)
         succ = is_adversarial(model, adv, y[idx])
         # the achieved perturbation norm may be below mid: keep the tighter certificate of success
         achieved = _flat_norm(adv - x[idx])
