@@ -60,6 +60,35 @@ def cohen_radius(p_a, sigma: float, tau: float = 0.5):
 
 
 # --------------------------------------------------------------------------------------------
+# Groups as rows: every problem (p_A, adversary) carries its own padded row of groups, so that one
+# vectorised solve handles all text budgets d and adversaries at once.
+# --------------------------------------------------------------------------------------------
+
+class _Rows:
+    """Groups stacked as (R, K) arrays, padded with empty groups (c = a = 0, ℓ = +inf)."""
+
+    def __init__(self, clean, adv, ell):
+        self.clean, self.adv, self.ell = clean, adv, ell
+
+    @classmethod
+    def stack(cls, groups: list[Groups], rows: np.ndarray) -> "_Rows":
+        K = max(len(g) for g in groups)
+        C = np.zeros((len(groups), K))
+        A = np.zeros((len(groups), K))
+        L = np.full((len(groups), K), np.inf)
+        for i, g in enumerate(groups):
+            C[i, :len(g)], A[i, :len(g)], L[i, :len(g)] = g.clean, g.adv, g.log_ratio
+        return cls(C[rows], A[rows], L[rows])
+
+    def take(self, idx) -> "_Rows":
+        return _Rows(self.clean[idx], self.adv[idx], self.ell[idx])
+
+
+def _row_pick(arr2d: np.ndarray, col: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(arr2d, col[:, None], axis=1)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
 # The ε = 0 certificate: fractional knapsack (Chen et al. 2025)
 # --------------------------------------------------------------------------------------------
 
@@ -81,49 +110,47 @@ def knapsack_bound(p_a, groups: Groups):
     """
     p = v.probability(p_a, "p_a")
     g = _check_groups(groups)
-    out = _knapsack(p.ravel(), g).reshape(p.shape)
+    flat = p.reshape(-1)
+    out = _knapsack(flat, _Rows.stack([g], np.zeros(flat.size, dtype=int))).reshape(p.shape)
     return float(out) if out.ndim == 0 else out
 
 
-def _cumulative(g: Groups):
-    c, a = g.clean, g.adv
-    ccum, acum = np.cumsum(c), np.cumsum(a)
-    ctail = np.cumsum(c[::-1])[::-1]  # Σ_{j≥k} c_j: accurate near the top, where ccum is ≈ 1
-    return ccum, acum, ctail
-
-
-def _knapsack(p: np.ndarray, g: Groups) -> np.ndarray:
-    ccum, acum, ctail = _cumulative(g)
-    K = len(g)
-    b = np.minimum(np.searchsorted(ccum, p, side="left"), K - 1)
-    hi_side = p > 0.5
+def _knapsack(p: np.ndarray, g: _Rows) -> np.ndarray:
+    ccum, acum = np.cumsum(g.clean, axis=1), np.cumsum(g.adv, axis=1)
+    ctail = np.cumsum(g.clean[:, ::-1], axis=1)[:, ::-1]  # Σ_{j≥k} c_j: accurate where ccum ≈ 1
+    K = g.clean.shape[1]
+    b = np.minimum((ccum < p[:, None]).sum(axis=1), K - 1)
+    bm = np.maximum(b - 1, 0)
     # Clean mass taken from the boundary group, computed on the accurate side.
-    prev_c = np.where(b > 0, ccum[np.maximum(b - 1, 0)], 0.0)
-    frac = np.where(hi_side, ctail[b] - (1.0 - p), p - prev_c)
-    frac = np.clip(frac, 0.0, g.clean[b])
-    ratio = np.exp(g.log_ratio[b])  # finite or 0 (ℓ = −inf); the boundary never has ℓ = +inf
+    prev_c = np.where(b > 0, _row_pick(ccum, bm), 0.0)
+    frac = np.where(p > 0.5, _row_pick(ctail, b) - (1.0 - p), p - prev_c)
+    frac = np.clip(frac, 0.0, _row_pick(g.clean, b))
+    with np.errstate(over="ignore"):
+        ratio = np.exp(_row_pick(g.ell, b))  # finite or 0 (ℓ = −inf); never bought at ℓ = +inf
     ratio = np.where(np.isfinite(ratio), ratio, 0.0)
-    prev_a = np.where(b > 0, acum[np.maximum(b - 1, 0)], 0.0)
+    prev_a = np.where(b > 0, _row_pick(acum, bm), 0.0)
     val = prev_a + frac * ratio
     # Rounding: relative error of the partial sums plus the absolute error of frac·ratio.
-    slack = MARGIN * val + 4 * np.finfo(float).eps * ctail[b] * ratio
+    slack = MARGIN * val + 4 * np.finfo(float).eps * _row_pick(ctail, b) * ratio
     return np.clip(val - slack, 0.0, 1.0)
 
 
-def _knapsack_inverse(tau: float, g: Groups) -> tuple[float, float]:
+def _knapsack_inverse(tau: float, g: _Rows) -> tuple[np.ndarray, np.ndarray]:
     """Smallest p_A whose knapsack value reaches τ, as (G0, 1 − G0), rounded against certifying."""
-    ccum, _, ctail = _cumulative(g)
-    acum = np.cumsum(np.where(g.clean > 0, g.adv, 0.0))  # mass at ℓ = +inf cannot be bought
+    ccum = np.cumsum(g.clean, axis=1)
+    ctail = np.cumsum(g.clean[:, ::-1], axis=1)[:, ::-1]
+    acum = np.cumsum(np.where(g.clean > 0, g.adv, 0.0), axis=1)  # mass at ℓ = +inf cannot be bought
     tau_eff = tau * (1 + MARGIN)
-    if acum[-1] < tau_eff:
-        return math.inf, -math.inf
-    b = int(np.searchsorted(acum, tau_eff, side="left"))
-    need = tau_eff - (acum[b - 1] if b > 0 else 0.0)
-    ratio = math.exp(g.log_ratio[b])
-    extra = need / ratio
-    g0 = (ccum[b - 1] if b > 0 else 0.0) + extra
-    g0c = ctail[b] - extra
-    return g0 * (1 + MARGIN), g0c * (1 - MARGIN)
+    K = g.clean.shape[1]
+    reach = acum[:, -1] >= tau_eff
+    b = np.minimum((acum < tau_eff).sum(axis=1), K - 1)
+    bm = np.maximum(b - 1, 0)
+    need = tau_eff - np.where(b > 0, _row_pick(acum, bm), 0.0)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        extra = need / np.exp(_row_pick(g.ell, b))
+    g0 = np.where(b > 0, _row_pick(ccum, bm), 0.0) + extra
+    g0c = _row_pick(ctail, b) - extra
+    return np.where(reach, g0 * (1 + MARGIN), np.inf), np.where(reach, g0c * (1 - MARGIN), -np.inf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,13 +180,16 @@ def _newton(fd, lo, hi, x0, rtol: float, atol: float, max_iter: int = 100):
         h = np.where(below, hi[idx], xi)
         lo[idx], hi[idx] = l, h
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            xn = xi - f / df
-        good = np.isfinite(xn) & (xn > l) & (xn < h)
-        xn = np.where(good, xn, 0.5 * (l + h))
-        s = np.where(good, np.abs(xn - xi), h - l)
+            raw = xi - f / df
         tol = rtol * np.maximum(np.abs(l), np.abs(h)) + atol
+        good = np.isfinite(raw) & (raw > l) & (raw < h)
+        # A Newton target just past an end means the root sits at that end: converged.
+        at_end = np.isfinite(raw) & ~good & (np.minimum(np.abs(raw - l), np.abs(raw - h)) <= tol)
+        xn = np.where(good, raw, np.where(at_end, np.clip(raw, l, h), 0.5 * (l + h)))
+        s = np.where(good | at_end, np.abs(xn - xi), h - l)
+        s = np.where(at_end, 0.0, s)
         x[idx], step[idx] = xn, s
-        done = (s <= tol) | (h - l <= tol) | (xn <= l) | (xn >= h)
+        done = (s <= tol) | (h - l <= tol) | at_end
         active[idx[done]] = False
     return lo, hi, x, step
 
@@ -196,10 +226,15 @@ def _close(fd, lo, hi, x, step, rtol, atol, side: str):
 _SQRT2PI = math.sqrt(2 * math.pi)
 
 
-def _terms(u, rho, g):
+def _phi(x):
+    with np.errstate(over="ignore"):
+        return np.exp(-0.5 * x * x) / _SQRT2PI
+
+
+def _terms(u, rho, g: _Rows):
     """Per-group x_k = ρ/2 + (u − ℓ_k)/ρ and (u − ℓ_k)/ρ² (for derivatives in ρ)."""
     with np.errstate(invalid="ignore"):
-        z = (u[:, None] - g.log_ratio[None, :]) / rho[:, None]
+        z = (u[:, None] - g.ell) / rho[:, None]
     return rho[:, None] / 2 + z, z / rho[:, None]
 
 
@@ -209,61 +244,65 @@ def _pdf_times(w, phi):
         return np.where(phi > 0, phi * w, 0.0)
 
 
-def _F(u, rho, g, complement: bool = False):
-    x, _ = _terms(u, rho, g)
-    return (g.clean * ndtr(-x if complement else x)).sum(axis=1)
-
-
-def _V(u, rho, g):
+def _V(u, rho, g: _Rows):
     x, _ = _terms(u, rho, g)
     return (g.adv * ndtr(x - rho[:, None])).sum(axis=1)
 
 
-def _wide_u(rho, g, masses):
+def _wide_u(rho, g: _Rows, masses):
     """A bracket for u at which every Φ term is 0 (below) or 1 (above) in float64."""
-    ell = g.log_ratio[np.isfinite(g.log_ratio) & (masses > 0)]
-    lmin, lmax = (ell.min(), ell.max()) if ell.size else (0.0, 0.0)
+    use = np.isfinite(g.ell) & (masses > 0)
+    any_ = use.any(axis=1)
+    lmin = np.where(any_, np.where(use, g.ell, np.inf).min(axis=1), 0.0)
+    lmax = np.where(any_, np.where(use, g.ell, -np.inf).max(axis=1), 0.0)
     return lmin - rho * rho / 2 - _SPAN * rho - 1.0, lmax + rho * rho / 2 + _SPAN * rho + 1.0
 
 
-def _u_tau(rho: np.ndarray, g: Groups, tau_eff: float) -> tuple[np.ndarray, np.ndarray]:
+def _u_tau(rho: np.ndarray, g: _Rows, tau_eff: float) -> tuple[np.ndarray, np.ndarray]:
     """Upper end u_hi of a bracket for V(u; ρ) = τ_eff, with V(u_hi; ρ) ≥ τ_eff checked exactly.
 
     Returns (u_hi, ok); ok is False where V never reaches τ_eff (then no p_A certifies ρ).
     """
-    lo, hi = _wide_u(rho, g, g.adv)
-    finite = np.isfinite(g.log_ratio)
-    ok = np.full(rho.shape, g.adv[finite].sum() >= tau_eff)
+    wide_lo, wide_hi = _wide_u(rho, g, g.adv)
+    finite = np.isfinite(g.ell)
+    fin_adv = np.where(finite, g.adv, 0.0)
+    ok = fin_adv.sum(axis=1) >= tau_eff
     # Knapsack boundary: every group below ℓ_b is fully inside at ℓ_b + ρ²/2 + 40ρ and every group
     # from ℓ_b up is outside at ℓ_b + ρ²/2 − 40ρ, so the root lies within 40ρ of ℓ_b + ρ²/2.  On this
     # short bracket V is smooth even when ρ is small (no plateaus between groups).
-    b = min(int(np.searchsorted(np.cumsum(np.where(finite, g.adv, 0.0)), tau_eff)), len(g) - 1)
-    if np.isfinite(g.log_ratio[b]):
-        centre = g.log_ratio[b] + rho * rho / 2
-        lo, hi = np.maximum(lo, centre - _SPAN * rho), np.minimum(hi, centre + _SPAN * rho)
-    x0 = hi
+    K = g.ell.shape[1]
+    b = np.minimum((np.cumsum(fin_adv, axis=1) < tau_eff).sum(axis=1), K - 1)
+    centre = _row_pick(g.ell, b) + rho * rho / 2
+    short = np.isfinite(centre)
+    lo = np.where(short, np.maximum(wide_lo, centre - _SPAN * rho), wide_lo)
+    hi = np.where(short, np.minimum(wide_hi, centre + _SPAN * rho), wide_hi)
+    # One group alone gives V ≥ a_k Φ(y_k): its root is an upper end close to the true root.
+    big = (g.adv > tau_eff) & finite
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cand = np.where(big, g.ell + rho[:, None] * (rho[:, None] / 2 + ndtri(np.where(big, tau_eff / g.adv, 0.5))),
+                        np.inf)
+    x0 = np.minimum(cand.min(axis=1), hi)
     target = ndtri(tau_eff)
 
     def fd(u, idx):
-        r = rho[idx]
-        x, _ = _terms(u, r, g)
+        r, gi = rho[idx], g.take(idx)
+        x, _ = _terms(u, r, gi)
         y = x - r[:, None]
-        val = (g.adv * ndtr(y)).sum(axis=1)
-        dval = (g.adv * np.exp(-0.5 * y * y)).sum(axis=1) / (_SQRT2PI * r)
+        val = (gi.adv * ndtr(y)).sum(axis=1)
+        dval = (gi.adv * _phi(y)).sum(axis=1) / r
         q = ndtri(val)
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = dval / (np.exp(-0.5 * q * q) / _SQRT2PI)
+            slope = dval / _phi(q)
         return q - target, slope, val < tau_eff
 
     # The returned end must be a checked witness: fall back to the wide end where the short one fails.
-    _, wide_hi = _wide_u(rho, g, g.adv)
     hi = np.where(fd(hi, np.arange(rho.size))[2], wide_hi, hi)
     lo, hi, x, step = _newton(fd, lo, hi, x0, rtol=_TOL, atol=_TOL)
     lo, hi = _close(fd, lo, hi, x, step, _TOL, _TOL, side="hi")
     return hi, ok
 
 
-def _required(rho: np.ndarray, g: Groups, tau: float, with_slope: bool = False):
+def _required(rho: np.ndarray, g: _Rows, tau: float, with_slope: bool = False):
     """G(ρ), the smallest p_A certifying image radius ρσ against one adversary (ρ > 0).
 
     Returns (G rounded up, 1 − G rounded down[, dG/dρ]).  F is evaluated at the witness u_hi where
@@ -276,7 +315,7 @@ def _required(rho: np.ndarray, g: Groups, tau: float, with_slope: bool = False):
     if not with_slope:
         return big, small
     y = x - rho[:, None]
-    phi_x, phi_y = np.exp(-0.5 * x * x) / _SQRT2PI, np.exp(-0.5 * y * y) / _SQRT2PI
+    phi_x, phi_y = _phi(x), _phi(y)
     dF_drho = (g.clean * _pdf_times(0.5 - z2, phi_x)).sum(axis=1)
     dF_du = (g.clean * phi_x).sum(axis=1) / rho
     dV_drho = (g.adv * _pdf_times(-0.5 - z2, phi_y)).sum(axis=1)
@@ -286,43 +325,45 @@ def _required(rho: np.ndarray, g: Groups, tau: float, with_slope: bool = False):
     return big, small, slope
 
 
-def _radius_one(p: np.ndarray, g: Groups, tau: float) -> np.ndarray:
-    """ρ* = sup{ρ : G(ρ) ≤ p_A} for one adversary; −inf if not certified at ε = 0, 0 if only there."""
+def _radius_rows(p: np.ndarray, g: _Rows, tau: float) -> np.ndarray:
+    """ρ* = sup{ρ : G(ρ) ≤ p_A} per problem; −inf if not certified at ε = 0, 0 if only there."""
     out = np.full(p.shape, -np.inf)
     cert0 = _knapsack(p, g) >= tau * (1 + MARGIN)
     # p_A = 1: the region is every group of positive clean mass at any ρ, so the radius is infinite
     # exactly when that adversarial mass reaches τ.
-    sure = (p == 1.0) & (g.adv[g.clean > 0].sum() >= tau * (1 + MARGIN))
+    sure = (p == 1.0) & (np.where(g.clean > 0, g.adv, 0.0).sum(axis=1) >= tau * (1 + MARGIN))
     out[sure] = np.inf
     cert0 &= ~sure
     if not cert0.any():
         return out
     idx0 = np.flatnonzero(cert0)
-    pp = p[idx0]
+    pp, gg = p[idx0], g.take(idx0)
     q = 1.0 - pp
     hi_side = pp > 0.5
     # Newton's target only steers the iterates (the exact side test decides), so keep it finite.
     target = ndtri(np.clip(pp, 1e-300, 1 - 1e-16))
 
     def fd(rho, idx):
-        big, small, slope = _required(rho, g, tau, with_slope=True)
+        big, small, slope = _required(rho, gg.take(idx), tau, with_slope=True)
         hs = hi_side[idx]
         # h = Φ⁻¹(G) − Φ⁻¹(p_A): nearly linear in ρ (exactly so at d = 0).
         zg = np.where(hs, -ndtri(np.clip(small, 0, 1)), ndtri(np.clip(big, 0, 1)))
         certified = np.where(hs, small >= q[idx], big <= pp[idx])
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return zg - target[idx], slope / (np.exp(-0.5 * zg * zg) / _SQRT2PI), certified
+            return zg - target[idx], slope / _phi(zg), certified
 
     lo = np.zeros(pp.shape)
     with np.errstate(divide="ignore"):
         hi = np.maximum(ndtri(np.minimum(pp, 1 - 1e-16)) - ndtri(tau), 0.0) + 1.0
     # The Cohen radius (d = 0) bounds every d ≥ 0 radius; grow the bracket only if a check says so.
+    todo = np.arange(pp.size)
     for _ in range(60):
-        _, _, certified = fd(hi, np.arange(pp.size))
+        certified = fd(hi[todo], todo)[2]
         if not certified.any():
             break
-        lo = np.where(certified, hi, lo)
-        hi = np.where(certified, 2 * hi, hi)
+        todo = todo[certified]
+        lo[todo] = hi[todo]
+        hi[todo] *= 2
     lo, hi, x, step = _newton(fd, lo, hi, 0.5 * (lo + hi), rtol=_TOL, atol=1e-300)
     lo, hi = _close(fd, lo, hi, x, step, _TOL, 1e-300, side="lo")
     out[idx0] = lo
@@ -336,6 +377,25 @@ def _check_kernel(kernel):
     return kernel
 
 
+def _problems(kernel, d_max: int, n_p: int):
+    """Rows for every (p_A index, d, adversary): returns (rows, p index, d of each problem)."""
+    groups, d_of = [], []
+    for d in range(d_max + 1):
+        for g in kernel.adversaries(d):
+            groups.append(g)
+            d_of.append(d)
+    n_g = len(groups)
+    rows = np.tile(np.arange(n_g), n_p)
+    return _Rows.stack(groups, rows), np.repeat(np.arange(n_p), n_g), np.tile(np.array(d_of), n_p)
+
+
+def _per_budget(values: np.ndarray, p_idx, d_of, n_p: int, d_max: int, init: float) -> np.ndarray:
+    """Minimum over adversaries at each (p_A, d), then the running minimum over d' ≤ d."""
+    out = np.full((n_p, d_max + 1), init)
+    np.minimum.at(out, (p_idx, d_of), values)
+    return np.minimum.accumulate(out, axis=1)
+
+
 def frontier(p_a, kernel, d_max: int, sigma: float, tau: float = 0.5) -> np.ndarray:
     """Certified image radius r*(d) for every text budget d = 0..d_max.
 
@@ -346,7 +406,7 @@ def frontier(p_a, kernel, d_max: int, sigma: float, tau: float = 0.5) -> np.ndar
     of "exactly d'" for d' ≤ d).
 
     ``p_a`` is a float (returns shape (d_max + 1,)) or an array of shape (B,) (returns
-    (B, d_max + 1)).  Vectorised over p_A; loops over d and adversaries only.
+    (B, d_max + 1)).  One vectorised solve covers every p_A, d and adversary.
     """
     p = v.probability(p_a, "p_a")
     kernel = _check_kernel(kernel)
@@ -354,12 +414,8 @@ def frontier(p_a, kernel, d_max: int, sigma: float, tau: float = 0.5) -> np.ndar
     sigma = v.positive(sigma, "sigma")
     tau = v.open_unit(tau, "tau")
     flat = p.reshape(-1)
-    rho = np.empty((flat.size, d_max + 1))
-    running = np.full(flat.size, np.inf)
-    for d in range(d_max + 1):
-        for g in kernel.adversaries(d):
-            running = np.minimum(running, _radius_one(flat, g, tau))
-        rho[:, d] = running
+    rows, p_idx, d_of = _problems(kernel, d_max, flat.size)
+    rho = _per_budget(_radius_rows(flat[p_idx], rows, tau), p_idx, d_of, flat.size, d_max, np.inf)
     r = np.where(np.isfinite(rho) & (rho > 0), np.nextafter(sigma * rho, -np.inf), rho)
     return r.reshape(p.shape + (d_max + 1,))
 
@@ -384,15 +440,13 @@ def worst_case(p_a, kernel, d: int, eps: float, sigma: float):
     eps = v.nonnegative(eps, "eps")
     sigma = v.positive(sigma, "sigma")
     flat = p.reshape(-1)
-    out = np.ones(flat.size)
-    for dd in range(d + 1):
-        for g in kernel.adversaries(dd):
-            out = np.minimum(out, _knapsack(flat, g) if eps == 0 else _worst_one(flat, g, eps / sigma))
-    out = out.reshape(p.shape)
+    rows, p_idx, d_of = _problems(kernel, d, flat.size)
+    vals = _knapsack(flat[p_idx], rows) if eps == 0 else _worst_rows(flat[p_idx], rows, eps / sigma)
+    out = _per_budget(vals, p_idx, d_of, flat.size, d, 1.0)[:, d].reshape(p.shape)
     return float(out) if out.ndim == 0 else out
 
 
-def _worst_one(p: np.ndarray, g: Groups, rho: float) -> np.ndarray:
+def _worst_rows(p: np.ndarray, g: _Rows, rho: float) -> np.ndarray:
     rho_v = np.full(p.shape, rho)
     lo, hi = _wide_u(rho_v, g, g.clean)
     q = 1.0 - p
@@ -401,25 +455,25 @@ def _worst_one(p: np.ndarray, g: Groups, rho: float) -> np.ndarray:
     target = np.where(hi_side, -ndtri(np.clip(q_eff, 1e-300, 1)), ndtri(np.clip(p_eff, 1e-300, 1)))
 
     def fd(u, idx):  # below ⟺ F(u) < p_A, with the margin on the side that lowers V
-        r = rho_v[idx]
-        x, _ = _terms(u, r, g)
+        r, gi = rho_v[idx], g.take(idx)
+        x, _ = _terms(u, r, gi)
         hs = hi_side[idx]
-        fc = (g.clean * ndtr(-x)).sum(axis=1)
-        f = (g.clean * ndtr(x)).sum(axis=1)
+        fc = (gi.clean * ndtr(-x)).sum(axis=1)
+        f = (gi.clean * ndtr(x)).sum(axis=1)
         z = np.where(hs, -ndtri(np.clip(fc, 0, 1)), ndtri(np.clip(f, 0, 1)))
-        dens = (g.clean * np.exp(-0.5 * x * x)).sum(axis=1) / (_SQRT2PI * r)
+        dens = (gi.clean * _phi(x)).sum(axis=1) / r
         below = np.where(hs, fc > q_eff[idx], f < p_eff[idx])
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = dens / (np.exp(-0.5 * z * z) / _SQRT2PI)
+            slope = dens / _phi(z)
         return z - target[idx], slope, below
 
     all_idx = np.arange(p.size)
     empty = ~fd(lo, all_idx)[2]  # p_A within the zero-ratio mass: the worst case is 0
     full = fd(hi, all_idx)[2]  # p_A beyond float resolution of 1: the whole upper bracket
     # Short bracket around the knapsack boundary group (see _u_tau); the lower end is checked.
-    ccum = np.cumsum(g.clean)
-    b = np.minimum(np.searchsorted(ccum, p), len(g) - 1)
-    centre = g.log_ratio[b] - rho * rho / 2
+    K = g.clean.shape[1]
+    b = np.minimum((np.cumsum(g.clean, axis=1) < p[:, None]).sum(axis=1), K - 1)
+    centre = _row_pick(g.ell, b) - rho * rho / 2
     with np.errstate(invalid="ignore"):
         lo_s = np.where(np.isfinite(centre), np.maximum(lo, centre - _SPAN * rho), lo)
         hi_s = np.where(np.isfinite(centre), np.minimum(hi, centre + _SPAN * rho), hi)
@@ -442,13 +496,18 @@ def required_p_a(kernel, d: int, eps: float, sigma: float, tau: float = 0.5) -> 
     eps = v.nonnegative(eps, "eps")
     sigma = v.positive(sigma, "sigma")
     tau = v.open_unit(tau, "tau")
-    need = 0.0
-    for dd in range(d + 1):
-        for g in kernel.adversaries(dd):
-            if eps == 0:
-                g0, _ = _knapsack_inverse(tau, g)
-            else:
-                big, _ = _required(np.array([eps / sigma]), g, tau)
-                g0 = float(big[0])
-            need = max(need, g0)
-    return need if need <= 1.0 else math.inf
+    rows, _, _ = _problems(kernel, d, 1)
+    if eps == 0:
+        need, _ = _knapsack_inverse(tau, rows)
+    else:
+        need, _ = _required(np.full(rows.clean.shape[0], eps / sigma), rows, tau)
+    need = float(need.max())
+    if not need <= 1.0:
+        return math.inf
+    # Make the inverse consistent with the (rounded-down) certificate itself.
+    step = max(need * MARGIN, 1e-15)
+    for _ in range(40):
+        if worst_case(need, kernel, d, eps, sigma) >= tau:
+            return need
+        need, step = min(need + step, 1.0), 4 * step
+    return math.inf
