@@ -262,3 +262,22 @@ def test_worst_case_classifier_monte_carlo():
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call(UniformKernel(0.25, 100))
+
+
+# ---------------------------------------------------------------- property: radius and worst case agree
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(p_a=st.floats(0.55, 0.99995), beta=st.floats(0.05, 0.95), V=st.integers(3, 60_000),
+       d=st.integers(0, 5), sigma=st.floats(0.1, 4.0), tau=st.floats(1e-6, 0.45))
+def test_radius_is_the_edge_of_the_worst_case(p_a, beta, V, d, sigma, tau):
+    """At the certified radius the worst case is still ≥ τ; a hair beyond it is below τ."""
+    k = UniformKernel(beta, V)
+    r = radius(p_a, k, d, sigma, tau)
+    if r == -math.inf:
+        assert worst_case(p_a, k, d, 0.0, sigma) < tau * (1 + 1e-9)
+    elif r > 0:
+        assert worst_case(p_a, k, d, r, sigma) >= tau * (1 - 1e-9)
+        assert worst_case(p_a, k, d, r * (1 + 1e-6) + 1e-12, sigma) < tau
