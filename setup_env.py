@@ -89,8 +89,9 @@ def main() -> int:
         return 0
 
     STAMP.unlink(missing_ok=True)  # a failed install must not look complete next time
-    hint = ("Check the network connection to the package index and the messages above; "
-            "rerun `python3 setup_env.py` once fixed (already installed packages are kept).")
+    hint = ("pip's own message above says why (a package or version the index does not have, "
+            "a dependency conflict, no access to the package index). Fix it and rerun "
+            "`python3 setup_env.py`; packages already installed are kept.")
     run([PYTHON, "-m", "pip", "install", "-r", REQUIREMENTS.name], hint)
     run([PYTHON, "-m", "pip", "install", "--no-deps", "-r", DATA_REQUIREMENTS.name], hint)
     STAMP.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
