@@ -203,7 +203,8 @@ def test_no_downloads(entry):
 
 @pytest.mark.parametrize("entry", NOTEBOOK_ENTRIES)
 def test_notebook_is_executed_in_order(entry):
-    assert execution_problems(load_notebook(entry)) == []
+    problems = execution_problems(load_notebook(entry))
+    assert not problems, f"{entry}: {problems}; run `.venv/bin/python reproduce.py`"
 
 
 def test_markdown_pages_exist():
