@@ -158,7 +158,9 @@ class HybridSmooth:
             labels = torch.as_tensor(self.base(noisy_t, noisy_v))
             if labels.shape != (b,):
                 raise ValueError(f"base returned shape {tuple(labels.shape)}, expected ({b},)")
-            total += int((labels.long() == 1).sum().item())
+            if ((labels != 0) & (labels != 1)).any():
+                raise ValueError("base must return labels in {0, 1} (1 = the protected class)")
+            total += int((labels == 1).sum().item())
             remaining -= b
             bar.update(b)
         bar.close()
@@ -273,9 +275,14 @@ class GaussianSmooth:
             b = min(self.batch_size, remaining)
             noise = torch.randn((b, *x.shape), generator=gen, device=self.device, dtype=x.dtype)
             pred = torch.as_tensor(self.base(x.expand(b, *x.shape) + self.sigma * noise))
-            if pred.ndim == 2:
+            if pred.shape == (b, self.num_classes):
                 pred = pred.argmax(dim=1)
-            out += torch.bincount(pred.long(), minlength=self.num_classes)[: self.num_classes]
+            elif pred.shape != (b,) or pred.dtype.is_floating_point:
+                raise ValueError(f"base must return ({b}, {self.num_classes}) logits or ({b},) integer labels, "
+                                 f"got shape {tuple(pred.shape)} and dtype {pred.dtype}")
+            elif ((pred < 0) | (pred >= self.num_classes)).any():
+                raise ValueError(f"base returned labels outside 0..{self.num_classes - 1}")
+            out += torch.bincount(pred.long(), minlength=self.num_classes)
             remaining -= b
             bar.update(b)
         bar.close()

@@ -382,9 +382,6 @@ def test_hybrid_base_with_wrong_output_shape_raises(out):
     ],
     ids=["b+1", "b-1", "(b,1)", "(b,5)", "label-out-of-range"],
 )
-# Known bug (reported to the owner of smoothing.py): GaussianSmooth.counts does not check the base
-# classifier's output, so each of these miscounts silently.  strict: remove the mark once fixed.
-@pytest.mark.xfail(strict=True, reason="GaussianSmooth.counts does not validate the base output yet")
 def test_gaussian_base_with_wrong_output_raises(out):
     g = GaussianSmooth(lambda images: out(images.shape[0]), num_classes=3, sigma=SIGMA, batch_size=10)
     with pytest.raises(ValueError):
