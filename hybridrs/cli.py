@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from . import _validate as v
 
@@ -282,7 +281,10 @@ class Record:
     label: int | None = None
     line: int = 0
 
-    def load_image(self) -> torch.Tensor | None:
+    def load_image(self):
+        """The image as a float tensor (None when the record has none)."""
+        import torch
+
         if self.image is None:
             return None
         if isinstance(self.image, np.ndarray):
@@ -464,6 +466,8 @@ class Certifier:
                                      f"(vocab size {self.kernel.vocab_size})")
 
     def __call__(self, rec: Record) -> dict:
+        import torch
+
         from .sequential import certify_sequential
 
         cfg = self.cfg
