@@ -138,7 +138,7 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
             delta = (x[rows] + delta).clamp(*clip) - x[rows]
         return delta
 
-    def run(rows: torch.Tensor, target: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(rows: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         xr, yr = x[rows], y[rows]
         delta = feasible(delta0[rows], rows)
         best = xr + delta
@@ -153,7 +153,7 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
             if bool(done.all()) or _ == steps:
                 break
             if target is not None:       # push logit `target` above the true one
-                obj = (logits[:, target] - logits.gather(1, yr[:, None]).squeeze(1)).sum()
+                obj = (logits.gather(1, target[:, None]) - logits.gather(1, yr[:, None])).sum()
             elif loss == "ce":
                 obj = F.cross_entropy(logits, yr, reduction="sum")
             else:
@@ -167,23 +167,22 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
     all_rows = torch.arange(n)
     if loss != "targeted":
         return run(all_rows, None)[0]
-    # one attack per target class j ≠ y; keep the first that succeeds
-    best = x.clone()
-    done = torch.zeros(n, dtype=torch.bool)
-    n_classes = None
+    # one attack per target class j ≠ y, all run as one batch; keep the first that succeeds
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
-    for target in range(n_classes):
-        rows = all_rows[(y != target) & ~done]
-        if len(rows) == 0:
-            continue
-        adv, ok = run(rows, target)
-        upd = rows[ok] if bool(ok.any()) else rows[:0]
-        best[upd] = adv[ok]
-        # points never broken keep the last target's final iterate (any feasible point will do)
-        best[rows[~ok]] = adv[~ok]
-        done[upd] = True
-    return best.detach()
+    rows = all_rows.repeat_interleave(n_classes)
+    targets = torch.arange(n_classes).repeat(n)
+    keep = targets != y[rows]
+    rows, targets = rows[keep], targets[keep]
+    adv, ok = run(rows, targets)
+    pos = torch.arange(len(rows))
+    none = len(rows)
+    first = torch.full((n,), none, dtype=torch.long).scatter_reduce(
+        0, rows, torch.where(ok, pos, torch.full_like(pos, none)), reduce="amin")
+    # points never broken get their last run's final iterate (any feasible point will do)
+    last = torch.zeros(n, dtype=torch.long).scatter_reduce(0, rows, pos, reduce="amax")
+    pick = torch.where(first < none, first, last)
+    return adv[pick].detach()
 
 
 @torch.no_grad()

@@ -241,6 +241,23 @@ def orthogonal_linear(in_features: int, out_features: int, bias: bool = True,
     return nn.utils.parametrizations.orthogonal(layer, orthogonal_map=orthogonal_map)
 
 
+class _ExactSpectralNorm(nn.Module):
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        return W / torch.linalg.matrix_norm(W, ord=2)
+
+
+def spectral_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A dense layer with weight W = A/‖A‖₂, the spectral normalisation of Miyato et al. (2018)
+    with the exact largest singular value (an SVD at every call) instead of their one-step power
+    iteration, so that ‖W‖₂ = 1 holds at every step and not only after the estimate has
+    converged.  Cheap when min(in, out) is small; 1-Lipschitz."""
+    in_features = _validate.integer(in_features, "in_features", minimum=1)
+    out_features = _validate.integer(out_features, "out_features", minimum=1)
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.utils.parametrize.register_parametrization(layer, "weight", _ExactSpectralNorm())
+    return layer
+
+
 class SLLLinear(nn.Module):
     """The SDP-based Lipschitz layer of Araujo et al. (2023), Thm. 3 (a convex-potential layer):
 
@@ -275,16 +292,18 @@ def lipschitz_mlp(in_features: int = 784, width: int = 256, depth: int = 2, n_cl
                   orthogonal_map: str = "cayley") -> nn.Sequential:
     """A 1-Lipschitz classifier for flattened images:
 
-        Flatten → orthogonal_linear(in, width) → MaxMin → [SLLLinear(width) → MaxMin]×depth
+        Flatten → spectral_linear(in, width) → MaxMin → [SLLLinear(width) → MaxMin]×depth
         → orthogonal_linear(width, n_classes).
 
-    Every layer is 1-Lipschitz in ℓ2, so the logits are 1-Lipschitz in the input (L = 1)."""
+    Every layer is 1-Lipschitz in ℓ2, so the logits are 1-Lipschitz in the input (L = 1).  The
+    first layer is spectrally normalised rather than orthogonal because the orthogonal
+    parametrisation of a 784×width matrix works with 784×784 matrices at every step, too slow
+    on a CPU; the last layer (width×10) is orthogonal, i.e. its rows are orthonormal."""
     width = _validate.integer(width, "width", minimum=2)
     if width % 2:
         raise ValueError(f"width must be even (MaxMin pairs features), got {width}")
     depth = _validate.integer(depth, "depth", minimum=0)
-    layers: list[nn.Module] = [nn.Flatten(), orthogonal_linear(in_features, width, orthogonal_map=orthogonal_map),
-                               MaxMin()]
+    layers: list[nn.Module] = [nn.Flatten(), spectral_linear(in_features, width), MaxMin()]
     for _ in range(depth):
         layers += [SLLLinear(width), MaxMin()]
     layers.append(orthogonal_linear(width, n_classes, orthogonal_map=orthogonal_map))
