@@ -635,7 +635,7 @@ class ResultsFile:
             self._fh = None
 
     def __enter__(self):
-        return self.open()
+        return self  # opened by the first append: a run that fails before any row leaves no file
 
     def __exit__(self, *exc):
         self.close()

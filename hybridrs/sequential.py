@@ -39,6 +39,7 @@ stop early, see ``benchmarks/sequential.py``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -191,8 +192,6 @@ def sequential_test(draw: Callable[[int, int], int], p_required: float, alpha: f
 
 def batch_seed(seed: int, index: int) -> int:
     """Seed of batch ``index`` for an input whose seed is ``seed`` (distinct streams per batch)."""
-    import hashlib
-
     h = hashlib.blake2b(f"{int(seed)}/{int(index)}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 62) - 1)
 
@@ -225,8 +224,8 @@ def certify_sequential(smoother, tokens, image, *, d: int, eps: float, alpha: fl
     if kernel is None:
         if d != 0:
             raise ValueError("image-only smoothing (no kernel) certifies d = 0 only")
-        from scipy.special import ndtr
-        p_req = float(ndtr(eps / sigma + float(_ndtri(tau))))  # Cohen: σ(Φ⁻¹(p) − Φ⁻¹(τ)) ≥ ε
+        from scipy.special import ndtr, ndtri
+        p_req = float(ndtr(eps / sigma + float(ndtri(tau))))  # Cohen: σ(Φ⁻¹(p) − Φ⁻¹(τ)) ≥ ε
         p_req = min(1.0, p_req * (1 + 1e-12)) if p_req < 1 else math.inf
     else:
         p_req = required_p_a(kernel, d, eps, 1.0 if sigma is None else sigma, tau)
@@ -252,7 +251,3 @@ def certify_sequential(smoother, tokens, image, *, d: int, eps: float, alpha: fl
                        extra={"decision": res.decision, "upper": res.upper, "p_required": p_req,
                               "target_d": d, "target_eps": eps, "batches": res.batches})
 
-
-def _ndtri(x):
-    from scipy.special import ndtri
-    return ndtri(x)

@@ -63,7 +63,7 @@ def test_time_uniform_coverage_by_simulation():
     """P[p leaves (L_t, U_t) at ANY checked t] <= α; a Clopper–Pearson bound re-checked after every
     batch (peeking) does not have this property, which shows that the simulation can see a breach."""
     rng = np.random.default_rng(1)
-    alpha, p, reps = 0.1, 0.8, 4000
+    alpha, p, reps = 0.1, 0.8, 2500
     sizes = batch_schedule(10, 1.5, 20_000)
     k = np.zeros(reps, dtype=np.int64)
     t = 0
@@ -103,7 +103,7 @@ def test_sequential_error_rate_at_most_alpha():
     rng = np.random.default_rng(2)
     kernel = UniformKernel(0.25, 30522)
     p_req = required_p_a(kernel, 1, 0.5, 0.5, 4.6e-5)
-    alpha, reps = 0.1, 3000
+    alpha, reps = 0.1, 2000
     se = math.sqrt(alpha * (1 - alpha) / reps)
     below = _simulate_decisions(np.full(reps, p_req - 0.01), p_req, alpha, rng, reps)
     at = _simulate_decisions(np.full(reps, p_req), p_req, alpha, rng, reps)
@@ -206,3 +206,15 @@ def test_certify_sequential_end_to_end():
     assert dark.extra["decision"] == REFUTED and dark.n < 1000
     with pytest.raises(ValueError, match="d_max"):
         certify_sequential(sm, tokens, image, d=4, eps=0.1, d_max=3)
+
+
+def test_certify_sequential_image_only_matches_cohen():
+    from hybridrs.certify import cohen_radius
+
+    sm = HybridSmooth(lambda t, v: (v.flatten(1).mean(dim=1) > 0.0).long(), sigma=0.5, progress=False)
+    image = torch.full((1, 2, 2), 0.4)
+    cert = certify_sequential(sm, None, image, d=0, eps=0.3, alpha=0.01, tau=0.5, max_n=20_000)
+    p_req = cert.extra["p_required"]
+    assert cohen_radius(p_req, 0.5, 0.5) >= 0.3 > cohen_radius(p_req * (1 - 1e-9), 0.5, 0.5)
+    assert cert.extra["decision"] == CERTIFIED
+    assert cert.radii[0] == cohen_radius(cert.p_a, 0.5, 0.5) >= 0.3
