@@ -102,7 +102,7 @@ class MLPHead(torch.nn.Module):
 class SafetyFilter(torch.nn.Module):
     """MiniLM + MLP head; call it on token ids (b, L) or use :meth:`classify` on strings."""
 
-    def __init__(self, tokenizer, encoder, head: MLPHead, max_length: int = 64, batch_size: int = 128):
+    def __init__(self, tokenizer, encoder, head: MLPHead, max_length: int = 64, batch_size: int = 64):
         super().__init__()
         self.tokenizer = tokenizer
         self.encoder = encoder
@@ -156,8 +156,14 @@ class SafetyFilter(torch.nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, images=None) -> torch.Tensor:
-        """Labels (b,) in {0, 1} (1 = harmful) for content ids (b, L); ``images`` is ignored."""
-        return (self.scores(tokens) > 0.5).long()
+        """Labels (b,) in {0, 1} (1 = harmful) for content ids (b, L); ``images`` is ignored.
+
+        Identical rows are encoded once (the filter is deterministic): masking noise on short
+        prompts repeats rows often, uniform replacement noise almost never.
+        """
+        tokens = _check_tokens(tokens)
+        uniq, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        return (self.scores(uniq) > 0.5).long()[inverse]
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         """Labels of strings (1 = harmful)."""
