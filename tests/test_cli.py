@@ -226,3 +226,17 @@ def test_python_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hybridrs", "report", str(tmp_path / "missing.csv")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "missing.csv" in proc.stderr
+
+
+def test_absorbing_kernel_and_text_only(inputs, tmp_path):
+    from hybridrs.kernels import AbsorbingKernel
+
+    out = tmp_path / "abs.csv"
+    assert main(["certify", str(inputs), str(out), *BASE, "--kernel", "absorbing", "--beta", "0.1"]) == 0
+    for row in _rows(out):
+        radii = frontier(float(row["p_a"]), AbsorbingKernel(0.1, 0), 2, 0.25, 4.6e-5)
+        assert [float(row[f"r_{d}"]) for d in range(3)] == list(radii)
+    out = tmp_path / "text.csv"
+    assert main(["certify", str(inputs), str(out), *BASE, "--sigma", "0"]) == 0
+    rows = _rows(out)
+    assert all(float(r[f"r_{d}"]) in (0.0, float("-inf")) for r in rows for d in range(3))
