@@ -112,15 +112,12 @@ class CertifyConfig:
         """Check every field; raise InputError naming the option at fault."""
         def opt(name):
             return "--" + name.replace("_", "-")
-        try:
-            if self.kernel not in KERNELS:
-                raise ValueError(f"must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
-            if self.threat not in THREATS:
-                raise InputError(f"{opt('threat')}: must be one of {', '.join(THREATS)}, got {self.threat!r}")
-        except InputError:
-            raise
-        except ValueError as exc:
-            raise InputError(f"{opt('kernel')}: {exc}") from None
+        if self.kernel not in KERNELS:
+            raise InputError(f"{opt('kernel')}: must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.threat not in THREATS:
+            raise InputError(f"{opt('threat')}: must be one of {', '.join(THREATS)}, got {self.threat!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise InputError(f"--model: expected 'package.module:factory', got {self.model!r}")
         checks = [
             ("beta", lambda x: v.beta(x, "beta")),
             ("sigma", lambda x: v.nonnegative(x, "sigma")),

@@ -56,7 +56,7 @@ def cluster(tmp_path_factory):
         deadline = time.monotonic() + 180
         while True:
             try:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False)  # noqa: the cluster started above
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -66,11 +66,16 @@ def cluster(tmp_path_factory):
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group this fixture started, nothing else
-            proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the group this fixture started, nothing else
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=60)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         log.close()
 
 
