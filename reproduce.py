@@ -260,6 +260,13 @@ def prepare_environment() -> None:
         # tqdm bars print rates and times, which would change the stored outputs on every run.
         "TQDM_DISABLE": "1",
     })
+    # Without ipywidgets, `import tqdm.auto` warns "IProgress not found" with the absolute path of
+    # the virtualenv: machine-specific noise in the stored outputs (and the book). Only that
+    # message is silenced; every other warning still shows.
+    quiet = "ignore:IProgress not found"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if quiet not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = f"{current},{quiet}" if current else quiet
 
 
 def run_notebooks(notebooks: list[Path], params: dict[Path, dict], selected: set[Path] | None,
@@ -290,7 +297,8 @@ def run_notebooks(notebooks: list[Path], params: dict[Path, dict], selected: set
         print("all notebooks up to date")
         return
 
-    bar = tqdm(todo, desc="notebooks", unit="nb", file=sys.stdout)
+    # disable=False: TQDM_DISABLE (set above for the kernels) would also silence this bar.
+    bar = tqdm(todo, desc="notebooks", unit="nb", file=sys.stdout, disable=False)
     for nb, rel, key, _ in bar:
         bar.set_postfix_str(nb.stem)
         state[rel] = {"key": key, "completed": False, "parameters": params[nb]}
