@@ -77,6 +77,9 @@ def cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 continue
         log.close()
+        stale = Path("/tmp/ray/ray_current_cluster")  # `ray start` leaves it; later ray.init() would use it
+        if stale.exists() and stale.read_text().strip().endswith(f":{port}"):
+            stale.unlink()
 
 
 @pytest.fixture()
