@@ -292,7 +292,7 @@ def run_notebooks(notebooks: list[Path], params: dict[Path, dict], selected: set
     todo = [p for p in plan if p[3]]
     for nb, rel, key, run in plan:
         if not run:
-            print(f"up to date, skipped: {rel}")
+            print(f"{'not selected' if selected is not None else 'up to date'}, skipped: {rel}")
     if not todo:
         print("all notebooks up to date")
         return
