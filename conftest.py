@@ -7,7 +7,8 @@ inherit it):
 - ``HYBRIDRS_RESULTS_DIR``: a fresh temporary folder, so a test run never overwrites the committed
   tables in ``data/results``. Notebooks read earlier chapters' tables from it, which is why the
   notebooks are run in file-name order (= book order), see ``pytest_collection_modifyitems``;
-- model hubs offline, a non-interactive matplotlib backend, fixed string hashing.
+- model hubs offline, a non-interactive matplotlib backend, fixed string hashing, and (as in
+  ``reproduce.py``) no tqdm bars and no "IProgress not found" warning in the outputs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ os.environ.update({
     "TRANSFORMERS_OFFLINE": "1",
     "MPLBACKEND": "Agg",
     "PYTHONHASHSEED": "0",
+    # As in reproduce.py, so that a re-executed cell prints what the committed one printed: no
+    # tqdm bars (rates and times), no machine-specific "IProgress not found" warning.
+    "TQDM_DISABLE": "1",
 })
+_QUIET = "ignore:IProgress not found"
+if _QUIET not in os.environ.get("PYTHONWARNINGS", "").split(","):
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _QUIET]))
 
 
 def pytest_configure(config) -> None:
