@@ -543,10 +543,32 @@ class ResultsFile:
         self.settings_path = self.path.with_name(self.path.name + ".settings.json")
         self.done: dict[str, dict] = {}
         self.repaired = False
-        self._check_settings(settings)
-        if self.path.exists() and self.path.stat().st_size > 0:
-            self._load()
+        self._lock = None
         self._fh = None
+        if self.path.exists():
+            self._take_lock(open(self.path, "rb"))
+        try:
+            self._check_settings(settings)
+            if self.path.exists() and self.path.stat().st_size > 0:
+                self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lock(self, fh) -> None:
+        """One writer per results file: a second run on the same file stops instead of interleaving."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no guard
+            self._lock = fh
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise InputError(f"results file {str(self.path)!r} is being written by another run; wait for it "
+                             "or use another output file") from None
+        self._lock = fh
 
     def _check_settings(self, settings):
         if settings is None:
@@ -604,6 +626,8 @@ class ResultsFile:
         new = not self.path.exists() or self.path.stat().st_size == 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8", newline="")
+        if self._lock is None:
+            self._take_lock(open(self.path, "rb"))
         if new:
             self._write_line(self.columns)
         if getattr(self, "_settings", None) is not None:
@@ -630,6 +654,9 @@ class ResultsFile:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
     def __enter__(self):
         return self  # opened by the first append: a run that fails before any row leaves no file

@@ -240,3 +240,15 @@ def test_absorbing_kernel_and_text_only(inputs, tmp_path):
     assert main(["certify", str(inputs), str(out), *BASE, "--sigma", "0"]) == 0
     rows = _rows(out)
     assert all(float(r[f"r_{d}"]) in (0.0, float("-inf")) for r in rows for d in range(3))
+
+
+def test_second_writer_is_refused(inputs, tmp_path):
+    from hybridrs.cli import InputError, ResultsFile, columns
+
+    out = tmp_path / "res.csv"
+    assert main(["certify", str(inputs), str(out), *BASE]) == 0
+    first = ResultsFile(out, columns(2))
+    with pytest.raises(InputError, match="another run"):
+        ResultsFile(out, columns(2))
+    first.close()
+    ResultsFile(out, columns(2)).close()  # free again once the first writer is done
