@@ -32,7 +32,8 @@ followed by r_0..r_D (the certified image radius at text budget d; -inf = not ce
 (d, 0)).  A rerun skips the ids already in the file; a torn last line (killed mid-write) is
 detected and that input redone.  The settings are stored beside the results
 (``<results>.settings.json``) and a rerun with different settings is refused, so that one file
-never mixes two experiments.  Every input gets its own seed, derived from ``--seed`` and its id
+never mixes two experiments; a second run writing the same file at the same time is refused (file
+lock).  Every input gets its own seed, derived from ``--seed`` and its id
 (:func:`record_seed`), so the results do not depend on the order of the inputs or on sharding.
 
 Exit status: 0 on success, 2 on bad input (the message names the argument or the record; nothing
