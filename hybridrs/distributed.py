@@ -108,6 +108,7 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
             raise InputError(f"--ray: cannot start or reach a Ray cluster at {address or 'localhost'}: "
                              f"{type(exc).__name__}: {exc}") from None
         started = True
+    actors: list = []
     try:
         gpus, n_workers = _plan(ray, num_gpus, workers)
         device = "cuda" if gpus > 0 else "cpu"
@@ -124,7 +125,7 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
         def spawn():
             return remote.remote(cfg_dict, device, 1 if gpus == 0 else 0)
 
-        actors = [spawn() for _ in range(n_workers)]
+        actors.extend(spawn() for _ in range(n_workers))
         budget = 2 * n_workers if max_replacements is None else max_replacements
         queue = list(reversed(todo))
         running: dict = {}  # future -> (actor index, record)
@@ -167,12 +168,12 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
                     after_row(written, actors)
                 submit(i)
         bar.close()
-        for a in actors:
+    finally:
+        for a in actors:  # free the GPUs of a shared cluster, also after an error
             try:
                 ray.kill(a)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - already gone
                 pass
-    finally:
         if started:
             ray.shutdown()
     ids = {r.id for r in records}

@@ -234,3 +234,31 @@ def test_driver_gives_up_and_reports(inputs, tmp_path, monkeypatch):
     assert len(out.read_text().splitlines()) >= 2  # the finished row stayed
     with pytest.raises(InputError, match="--num-gpus"):
         run_certify_ray(_cfg(), inputs, tmp_path / "g.csv", num_gpus=1, progress=False)
+
+
+def test_actors_freed_after_a_model_error(inputs, tmp_path, monkeypatch):
+    fake = _fake_ray()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    made = []
+    real_remote = fake.remote
+
+    def remote(**opts):
+        wrap = real_remote(**opts)
+
+        def cls_wrap(cls):
+            inner = wrap(cls)
+
+            def make(*args):
+                a = inner.remote(*args)
+                a.obj.certifier.model.classify = lambda t, v: (_ for _ in ()).throw(RuntimeError("boom"))
+                a.obj.certifier.smoother.base = a.obj.certifier.model.classify
+                made.append(a)
+                return a
+            return types.SimpleNamespace(remote=make)
+        return cls_wrap
+
+    fake.remote = remote
+    with pytest.raises(InputError, match="record 'ex.*boom"):
+        run_certify_ray(_cfg(), inputs, tmp_path / "r.csv", progress=False)
+    assert made and all(a.dead for a in made)  # killed in the clean-up
+    assert not (tmp_path / "r.csv").exists()
