@@ -167,6 +167,29 @@ def test_jupyter_book_below_2():
     assert spec.contains("1.0.4.post1"), spec
 
 
+@pytest.mark.parametrize("name", ["_config.yml", "_toc.yml", "environment.yml",
+                                  ".github/workflows/book.yml"])
+def test_yaml_files_parse(name):
+    # A YAML error in the workflow only shows up on GitHub, after a push: catch it here.
+    assert isinstance(yaml.safe_load((ROOT / name).read_text()), dict)
+
+
+def test_workflow_builds_checks_and_publishes():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/book.yml").read_text())
+    on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert "main" in on["push"]["branches"]
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    runs = " ; ".join(step.get("run", "") for step in steps)
+    uses = [step.get("uses", "").split("@")[0] for step in steps]
+    assert "python3 setup_env.py" in runs
+    assert "reproduce.py --build-only" in runs
+    assert "scripts/check_book.py" in runs
+    assert {"actions/upload-pages-artifact", "actions/deploy-pages"} <= set(uses)
+    python = [s["with"]["python-version"] for s in steps if s.get("uses", "").startswith(
+        "actions/setup-python")]
+    assert python == ["3.11"]
+
+
 def test_data_requirements_are_pinned():
     for line in (ROOT / "requirements-data.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
