@@ -243,3 +243,13 @@ def test_mp_bad_input():
         T.mp_radius(0.9, g, 1.5)
     with pytest.raises(ValueError, match="vocab_size"):
         T.mp_uniform_groups(1, 1, 0.25)
+
+
+def test_mp_reproduces_certificate_notes_reference_values():
+    # certificate.md §5 (uniform, V = 30522, β = 0.25, σ = 1, τ = 4.6e-5), computed elsewhere with
+    # 40-digit arithmetic; quoted to six decimals there.
+    cases = [(0.99, 1, 5.318313), (0.90, 1, 3.833292), (0.01 ** 1e-4, 3, 4.649287)]
+    for p_a, d, want in cases:
+        got = float(T.mp_radius(p_a, T.mp_uniform_groups(d, 30522, 0.25), TAU))
+        assert abs(got - want) < 1e-6
+    assert T.mp_radius(0.99, T.mp_uniform_groups(5, 30522, 0.25), TAU) == -mpmath.inf
