@@ -823,30 +823,42 @@ def run_report(path, out_dir=None, radii: Sequence[float] | None = None) -> tupl
 # Entry point
 # --------------------------------------------------------------------------------------------
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Show a default only where there is one to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if shown and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridrs", description="Certified robustness of text + image "
                                 "classifiers by hybrid randomized smoothing (Delattre et al. 2026).")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("certify", help="certify every input of a JSONL file; append rows to a CSV",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsFormatter)
     c.add_argument("input", help="JSONL file: one {id, text|tokens, image, label} object per line")
     c.add_argument("output", help="results CSV (appended; finished ids are skipped on rerun)")
     c.add_argument("--model", required=True, help="package.module:factory or file.py:factory")
-    c.add_argument("--kernel", default="uniform", choices=KERNELS)
+    c.add_argument("--kernel", default="uniform", choices=KERNELS, help="text smoothing kernel")
     c.add_argument("--beta", type=float, default=0.25, help="text noise: replacement/mask probability")
     c.add_argument("--sigma", type=float, default=0.5, help="image noise std (0 = text-only smoothing)")
     c.add_argument("-n", "--n", type=int, default=10_000, help="Monte Carlo draws per input")
     c.add_argument("--alpha", type=float, default=0.01, help="failure probability of each certificate")
     c.add_argument("--tau", type=float, default=0.5, help="certified threshold on P[f = 1]")
     c.add_argument("--d-max", type=int, default=None, help="largest text budget (l0; default 4)")
-    c.add_argument("--threat", default="l0", choices=THREATS)
+    c.add_argument("--threat", default="l0", choices=THREATS,
+                   help="l0: any d positions; suffix: appended tokens, p_A per d; shared-suffix: one p_A")
     c.add_argument("--suffix-len", type=int, default=8, help="m, the suffix length (suffix threats)")
     c.add_argument("--filler", type=int, default=None, help="filler token id (default: model.filler_id)")
     c.add_argument("--vocab-size", type=int, default=None, help="uniform-kernel alphabet size (default: model)")
     c.add_argument("--mask-id", type=int, default=None, help="absorbing-kernel mask id (default: model)")
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--batch-size", type=int, default=1000)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu", help="where the noise is drawn and the model runs")
+    c.add_argument("--batch-size", type=int, default=1000, help="noisy copies per forward pass")
+    c.add_argument("--seed", type=int, default=0, help="global seed; each input's seed derives from it and its id")
     c.add_argument("--sequential", action="store_true", help="draw until the target is decided")
     c.add_argument("--target-d", type=int, default=1, help="sequential: text budget to decide")
     c.add_argument("--target-eps", type=float, default=0.0, help="sequential: image radius to decide")
