@@ -63,7 +63,10 @@ class FilterConfig:
     suffix_slots: int = 8
     keep_text: float = 0.0
     keep_pixels: float = 0.0
-    version: int = 1
+    text_items: int = 0
+    image_items: int = 0
+    aux_weight: float = 0.5
+    version: int = 2
 
 
 class FusionFilter(nn.Module):
@@ -86,6 +89,11 @@ class FusionFilter(nn.Module):
                                  nn.Flatten(), nn.Linear(2 * k * ((H + 3) // 4) * ((W + 3) // 4), cfg.hidden))
         h = cfg.hidden
         self.head = nn.Sequential(nn.Linear(3 * h, cfg.fuse), nn.ReLU(), nn.Linear(cfg.fuse, 1))
+        # Auxiliary heads (training only): an interaction-only label gives no gradient signal to
+        # either encoder alone at initialisation (an XOR-like problem), so the encoders are also
+        # taught what each modality shows (template / digit class or phrase).
+        self.aux_t = nn.Linear(h, cfg.text_items) if cfg.text_items else None
+        self.aux_v = nn.Linear(h, cfg.image_items) if cfg.image_items else None
 
     def _check(self, tokens, images) -> tuple[torch.Tensor, torch.Tensor]:
         if tokens is None or images is None:
@@ -106,6 +114,10 @@ class FusionFilter(nn.Module):
 
     def logits(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Unsafe logit (b,): MLP([t, v, t ⊙ v])."""
+        return self.features(tokens, images)[0]
+
+    def features(self, tokens: torch.Tensor, images: torch.Tensor):
+        """(unsafe logit, text vector t, image vector v)."""
         tokens, images = self._check(tokens, images)
         b = tokens.shape[0]
         ids = torch.cat([torch.full((b, 1), self.cfg.cls_id, dtype=torch.long), tokens], dim=1)
@@ -114,7 +126,7 @@ class FusionFilter(nn.Module):
         m = att.unsqueeze(-1).to(hs.dtype)
         t = (hs * m).sum(1) / m.sum(1)
         vv = self.cnn(images)
-        return self.head(torch.cat([t, vv, t * vv], dim=1)).squeeze(-1)
+        return self.head(torch.cat([t, vv, t * vv], dim=1)).squeeze(-1), t, vv
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -170,8 +182,9 @@ def noisy_batch(tokens: list[torch.Tensor], images: torch.Tensor, cfg: FilterCon
 
 def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[FusionFilter, list[float]]:
     """Train a ``FusionFilter`` on a ``hybridrs.data.PairSet`` with Adam on the logistic loss
-    under the smoothing noise (:func:`noisy_batch`); returns (model in eval mode, per-epoch mean
-    losses).  Deterministic on CPU for a given ``cfg.seed`` and thread count.
+    under the smoothing noise (:func:`noisy_batch`), plus ``aux_weight`` × the cross-entropies of
+    the auxiliary heads (text item, image item) when ``text_items`` / ``image_items`` are set;
+    returns (model in eval mode, per-epoch mean total losses).  Deterministic on CPU for a given ``cfg.seed`` and thread count.
 
     The weights are rounded to float16 at the end (the cached file stores them so, and the model
     returned is the one the cache reloads).
@@ -187,6 +200,8 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
     alphabet = torch.tensor(usable_ids(), dtype=torch.long)
     filler = filler_id()
     y = torch.tensor(train_set.labels, dtype=torch.float32)
+    yt = torch.as_tensor(train_set.text_item, dtype=torch.long)
+    yv = torch.as_tensor(train_set.image_item, dtype=torch.long)
     n = len(train_set)
     losses = []
     it = range(cfg.epochs)
@@ -201,7 +216,12 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
             idx = order[st: st + cfg.batch_size]
             toks, imgs = noisy_batch([train_set.tokens[i] for i in idx], train_set.images[idx], cfg,
                                      alphabet, filler, gen)
-            loss = F.binary_cross_entropy_with_logits(model.logits(toks, imgs), y[idx])
+            logit, t, vv = model.features(toks, imgs)
+            loss = F.binary_cross_entropy_with_logits(logit, y[idx])
+            if model.aux_t is not None:
+                loss = loss + cfg.aux_weight * F.cross_entropy(model.aux_t(t), yt[idx])
+            if model.aux_v is not None:
+                loss = loss + cfg.aux_weight * F.cross_entropy(model.aux_v(vv), yv[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -7,7 +7,7 @@ from hybridrs import data, models
 
 
 def small_cfg(**kw):
-    base = dict(hidden=8, channels=4, fuse=16, epochs=3, batch_size=32, lr=1e-2)
+    base = dict(hidden=8, channels=4, fuse=16, epochs=3, batch_size=32, lr=1e-2, text_items=8, image_items=10)
     base.update(kw)
     return models.FilterConfig(**base)
 
