@@ -498,10 +498,11 @@ def required_p_a(kernel, d: int, eps: float, sigma: float, tau: float = 0.5) -> 
     tau = v.open_unit(tau, "tau")
     rows, _, _ = _problems(kernel, d, 1)
     if eps == 0:
-        need, _ = _knapsack_inverse(tau, rows)
+        big, small = _knapsack_inverse(tau, rows)
     else:
-        need, _ = _required(np.full(rows.clean.shape[0], eps / sigma), rows, tau)
-    need = float(need.max())
+        big, small = _required(np.full(rows.clean.shape[0], eps / sigma), rows, tau)
+    # Near 1 the complement 1 − G is the accurate one (rounded down, so 1 − it rounds up).
+    need = float(np.where(big > 0.5, 1.0 - small, big).max())
     if not need <= 1.0:
         return math.inf
     # Make the inverse consistent with the (rounded-down) certificate itself.

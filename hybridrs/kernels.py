@@ -31,7 +31,9 @@ class Groups:
 
     ``clean[k]`` = P[Z ∈ group k] under the clean input, ``adv[k]`` the same under the adversarial
     input, ``log_ratio[k]`` = log(adv/clean) (−inf where adv = 0, +inf where clean = 0).  Groups of
-    zero mass under both laws are dropped.  Both mass vectors sum to one.
+    zero mass under both laws are dropped.  Both mass vectors sum to one.  A group of ratio +inf
+    (adversarial mass only) never enters a Neyman–Pearson region, and a group of ratio 0 (clean
+    mass only) is always inside it.
     """
 
     clean: np.ndarray

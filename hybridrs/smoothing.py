@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from scipy.stats import binomtest
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import _validate as v
 from .certify import cohen_radius, frontier, worst_case
