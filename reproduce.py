@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -339,6 +340,10 @@ def build_book() -> None:
     print(f"book built in {time.perf_counter() - start:.0f} s: {index.relative_to(ROOT)}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -350,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--build-only", action="store_true", help="skip papermill, only build")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
+    # `kill` (SIGTERM) takes the same path as Ctrl-C: the kernel is shut down, temporary files are
+    # removed, and the interrupted notebook stays marked as not completed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not args.build_only:
             prepare_environment()
