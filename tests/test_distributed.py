@@ -45,6 +45,8 @@ def cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'hybridrs[ray]')")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "ray.log", "w")
+    # Token authentication (on by default in recent Ray) would make the driver's connection fail.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
