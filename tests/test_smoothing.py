@@ -371,6 +371,14 @@ def test_hybrid_base_with_wrong_output_shape_raises(out):
         smooth.count(None, _image(), 25)
 
 
+@pytest.mark.parametrize("label", [2, -1])
+def test_hybrid_base_with_labels_outside_zero_one_raises(label):
+    # A label 2 would otherwise be counted silently as "not the protected class".
+    smooth = HybridSmooth(lambda t, i: torch.full((i.shape[0],), label), sigma=SIGMA, progress=False)
+    with pytest.raises(ValueError):
+        smooth.count(None, _image(), 25)
+
+
 @pytest.mark.parametrize(
     "out",
     [
