@@ -54,6 +54,13 @@ def _intervals_needed(run: int, d: int) -> int:
     return -(-run // d)
 
 
+def _check_args(mode, length, budget, num_blocks) -> tuple[str, int, int, int, int]:
+    """Checked (mode, L, d, k) and m = min(d, L − 1): erasing every token is never a candidate."""
+    L = _check_length(length)
+    d = v.integer(budget, "budget")
+    return _check_mode(mode), L, d, v.integer(num_blocks, "num_blocks", minimum=1), min(d, L - 1)
+
+
 def num_candidates(mode: str, length: int, budget: int, num_blocks: int = 1) -> int:
     """Number of erasure patterns (the prompt itself included) for a prompt of ``length`` tokens.
 
@@ -69,11 +76,7 @@ def num_candidates(mode: str, length: int, budget: int, num_blocks: int = 1) -> 
     These count position patterns; the filter calls of :func:`erase_and_check` can be fewer, since
     patterns that give the same token sequence (repeated tokens) are evaluated once.
     """
-    mode = _check_mode(mode)
-    L = _check_length(length)
-    d = v.integer(budget, "budget")
-    k = v.integer(num_blocks, "num_blocks", minimum=1)
-    m = min(d, L - 1)
+    mode, L, d, k, m = _check_args(mode, length, budget, num_blocks)
     if mode == "suffix":
         return 1 + m
     if mode == "infusion":
@@ -116,11 +119,7 @@ def erasure_patterns(mode: str, length: int, budget: int, num_blocks: int = 1) -
 
     Exponential for infusion; meant for tests and short prompts.  Each pattern appears once.
     """
-    mode = _check_mode(mode)
-    L = _check_length(length)
-    d = v.integer(budget, "budget")
-    k = v.integer(num_blocks, "num_blocks", minimum=1)
-    m = min(d, L - 1)
+    mode, L, d, k, m = _check_args(mode, length, budget, num_blocks)
     if mode == "suffix":
         return [tuple(range(L - i, L)) for i in range(m + 1)]
     if mode == "infusion":
