@@ -2,10 +2,13 @@
 
 Starting even a small local Ray cluster costs 30–60 s of wall time on two shared CPU cores (each
 of Ray's helper processes imports Ray), so the real-cluster test runs only when
-HYBRIDRS_RAY_TESTS=1.  The driver logic (dispatch, one row per input, replacing a dead worker,
-resuming) is also tested against an in-process stand-in for the few Ray calls it makes, which
-runs everywhere.  The real test starts its own local cluster (``ray start --head --block`` with 2 CPUs and the optional helper
-processes off, in its own process group) and stop exactly that process group afterwards.
+HYBRIDRS_RAY_TESTS=1; ``.ci/run`` sets it, after installing the Ray extra, and runs the suite in a
+loopback-only network namespace (``scripts/loopback_netns.sh``) because Ray listens on the
+machine's outward-facing address even when told to use 127.0.0.1.  The driver logic (dispatch, one
+row per input, replacing a dead worker, resuming) is also tested against an in-process stand-in
+for the few Ray calls it makes, which runs everywhere.  The real test starts its own local cluster
+(``ray start --head --block`` with 2 CPUs and the optional helper processes off, in its own process
+group) and stops exactly that process group afterwards.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from hybridrs.distributed import run_certify_ray
 
 RAY_TESTS = os.environ.get("HYBRIDRS_RAY_TESTS") == "1"
 needs_cluster = pytest.mark.skipif(
-    not RAY_TESTS, reason="starts a local Ray cluster (30-60 s on 2 shared cores); set HYBRIDRS_RAY_TESTS=1")
+    not RAY_TESTS, reason="starts a local Ray cluster (30-60 s on 2 shared cores); set HYBRIDRS_RAY_TESTS=1, "
+    "best inside scripts/loopback_netns.sh as .ci/run does")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "examples.toy_model:make_model"
