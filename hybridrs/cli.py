@@ -717,13 +717,13 @@ def run_certify(cfg: CertifyConfig, input_path, output_path, *, progress: bool =
     All inputs are checked before the first row is written.  Rows are appended and flushed one by
     one, so an interrupted run resumes where it stopped.
     """
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     certifier, records = prepare(cfg, input_path, model)
     results = ResultsFile(output_path, certifier.columns, cfg.settings())
     todo = [r for r in records if r.id not in results.done]
     with results:
-        for rec in tqdm(todo, desc="certify", unit="input", disable=not progress):
+        for rec in progress_bar(todo, show=progress, desc="certify", unit="input"):
             results.append(certify_or_explain(certifier, rec))
     ids = {r.id for r in records}
     return summarize([row for rid, row in results.done.items() if rid in ids], cfg.d_max)

@@ -94,7 +94,7 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
     after each row is written (tests use it to kill a worker mid-run).  A dead worker is replaced
     and its input retried, at most ``max_replacements`` times in all (default 2 × workers).
     """
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     ray = _require_ray()
     certifier, records = prepare(cfg, input_path, _cpu_model(cfg))
@@ -130,7 +130,7 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
         queue = list(reversed(todo))
         running: dict = {}  # future -> (actor index, record)
         written = 0
-        bar = tqdm(total=len(todo), desc="certify (ray)", unit="input", disable=not progress)
+        bar = progress_bar(total=len(todo), show=progress, desc="certify (ray)", unit="input")
         with results:
             def submit(i):
                 if queue:

@@ -117,12 +117,12 @@ def run_cached(name: str, jobs: Iterable[tuple[str, Callable[[], dict]]], folder
                progress: bool = True, desc: str | None = None) -> pd.DataFrame:
     """Run each (key, job) whose key is not yet in the cache ``name``; return the rows of all the
     given keys, in order, as a DataFrame.  Each row is written the moment its job returns."""
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     cache = ResultCache(name, folder)
     jobs = list(jobs)
     todo = [(k, f) for k, f in jobs if k not in cache]
-    for k, f in tqdm(todo, desc=desc or name, disable=not progress or not todo):
+    for k, f in progress_bar(todo, show=progress and bool(todo), desc=desc or name):
         cache.add(k, f())
     return pd.DataFrame([cache.rows[k] for k, _ in jobs])
 

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from scipy.stats import binomtest
-from tqdm import tqdm
 
 from . import _validate as v
+from ._progress import progress_bar
 from .certify import cohen_radius, frontier, worst_case
 from .stats import clopper_pearson_lower
 
@@ -141,7 +141,7 @@ class HybridSmooth:
         tokens, image = self._inputs(tokens, image)
         gen = _generator(seed, self.device)
         total = 0
-        bar = tqdm(total=n, desc="sampling", unit="draw", disable=not self.progress, leave=False)
+        bar = progress_bar(total=n, show=self.progress, desc="sampling", unit="draw", leave=False)
         remaining = n
         while remaining > 0:
             b = min(self.batch_size, remaining)
@@ -276,7 +276,7 @@ class GaussianSmooth:
         gen = _generator(seed, self.device)
         out = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         remaining = n
-        bar = tqdm(total=n, desc="sampling", unit="draw", disable=not self.progress, leave=False)
+        bar = progress_bar(total=n, show=self.progress, desc="sampling", unit="draw", leave=False)
         while remaining > 0:
             b = min(self.batch_size, remaining)
             noise = torch.randn((b, *x.shape), generator=gen, device=self.device, dtype=x.dtype)

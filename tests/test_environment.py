@@ -142,6 +142,11 @@ def execution_problems(nb: dict) -> list[str]:
     for i, cell in enumerate(cells):
         if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
             problems.append(f"code cell {i} holds an error output")
+        if any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.get("outputs", [])):
+            problems.append(f"code cell {i} holds a widget (a progress bar the book cannot render)")
+        volatile = {"papermill", "execution"} & set(cell.get("metadata", {}))
+        if volatile:
+            problems.append(f"code cell {i} keeps run-time metadata {sorted(volatile)}")
     return problems
 
 
@@ -265,6 +270,15 @@ def _nb(counts, error=False):
     cells = [{"cell_type": "code", "execution_count": c, "source": "", "metadata": {},
               "outputs": [{"output_type": "error"}] if error else []} for c in counts]
     return {"cells": cells}
+
+
+def test_execution_detector_flags_widgets_and_run_metadata():
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": ["0%"]}}
+    nb = {"cells": [{"cell_type": "code", "execution_count": 1, "source": "", "outputs": [widget],
+                     "metadata": {"papermill": {"duration": 0.1}}}]}
+    problems = execution_problems(nb)
+    assert any("widget" in p for p in problems) and any("run-time metadata" in p for p in problems)
 
 
 def test_execution_detector():
