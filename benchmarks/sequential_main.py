@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sequential_main.py [--inputs 20] [--sigma 0.5] [--d 1] [--eps 0.5]
 
-The first ``--inputs`` unsafe test pairs of the interaction-only MAIN set (``hybridrs.data``),
+The first ``--inputs`` unsafe test pairs of the interaction-only MAIN set (``hybridrs.data.pairs``),
 the cached fusion filter of chapter 8 (``data/models/fusion_main``), hybrid smoothing with the
 uniform kernel over the usable WordPiece ids (β = 0.25) and Gaussian image noise σ, ℓ0 threat.
 Each input is certified for the target (d, ε):
@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from hybridrs import data, models
+from hybridrs.data import pairs as data
+from hybridrs.models import fusion as models
 from hybridrs.kernels import UniformKernel
 from hybridrs.sequential import certify_sequential
 from hybridrs.smoothing import HybridSmooth

@@ -1,6 +1,6 @@
 """A tiny text + image classifier used by the documentation and the tests of ``hybridrs certify``.
 
-It follows the model protocol of ``hybridrs.cli`` (see ``book/scale.md``):
+It follows the model protocol of ``hybridrs.run.cli`` (see ``book/scale.md``):
 
 * ``make_model(device="cpu")`` is the factory named on the command line as
   ``examples.toy_model:make_model``;

@@ -28,8 +28,8 @@ import math
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from . import _validate as v
-from .kernels import Groups
+from hybridrs import _validate as v
+from hybridrs.kernels import Groups
 
 #: Relative safety margin applied wherever a computed quantity decides a certificate.
 MARGIN = 1e-12

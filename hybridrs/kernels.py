@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import _validate as v
+from hybridrs import _validate as v
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ from typing import Callable
 import numpy as np
 from scipy.special import betaln
 
-from . import _validate as v
-from .certify import required_p_a
+from hybridrs import _validate as v
+from hybridrs.certify import required_p_a
 
 CERTIFIED, REFUTED, UNDECIDED = "certified", "refuted", "undecided"
 
@@ -209,7 +209,7 @@ def certify_sequential(smoother, tokens, image, *, d: int, eps: float, alpha: fl
     ``extra`` holds the decision and the interval.  Requires a text kernel and σ (hybrid) or a
     kernel alone (text-only, ε must be 0); image-only smoothing uses d = 0.
     """
-    from .smoothing import Certificate
+    from hybridrs.smoothing import Certificate
 
     alpha = v.open_unit(alpha, "alpha")
     tau = v.open_unit(tau, "tau")

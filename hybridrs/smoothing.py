@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from . import _validate as v
-from ._progress import progress_bar
-from .certify import cohen_radius, frontier, worst_case
-from .stats import clopper_pearson_lower
+from hybridrs import _validate as v
+from hybridrs._progress import progress_bar
+from hybridrs.certify import cohen_radius, frontier, worst_case
+from hybridrs.stats import clopper_pearson_lower
 
 ABSTAIN = -1
 

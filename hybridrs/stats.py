@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as _st
 
-from . import _validate as v
+from hybridrs import _validate as v
 
 
 def _counts(k, n) -> tuple[np.ndarray, np.ndarray]:

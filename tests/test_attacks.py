@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridrs import attacks
+from hybridrs.baselines import attacks
 
 
 def _linear(d=20, c=4, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrs import attention as A
+from hybridrs.baselines import attention as A
 
 
 def _loop_dot(X, Wq, Wk, Wv):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hybridrs.certify import frontier
-from hybridrs.cli import (CertifyConfig, load_model, main, read_image, read_records, record_seed,
+from hybridrs.run.cli import (CertifyConfig, load_model, main, read_image, read_records, record_seed,
                           run_certify)
 from hybridrs.kernels import UniformKernel
 from hybridrs.smoothing import HybridSmooth
@@ -243,7 +243,7 @@ def test_absorbing_kernel_and_text_only(inputs, tmp_path):
 
 
 def test_second_writer_is_refused(inputs, tmp_path):
-    from hybridrs.cli import InputError, ResultsFile, columns
+    from hybridrs.run.cli import InputError, ResultsFile, columns
 
     out = tmp_path / "res.csv"
     assert main(["certify", str(inputs), str(out), *BASE]) == 0

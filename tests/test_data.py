@@ -1,10 +1,10 @@
-"""Tests of the offline interaction-only data sets (hybridrs.data)."""
+"""Tests of the offline interaction-only data sets (hybridrs.data.pairs)."""
 
 import numpy as np
 import pytest
 import torch
 
-from hybridrs import data
+from hybridrs.data import pairs as data
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridrs.cli import CertifyConfig, InputError, run_certify
-from hybridrs.distributed import run_certify_ray
+from hybridrs.run.cli import CertifyConfig, InputError, run_certify
+from hybridrs.run.distributed import run_certify_ray
 
 RAY_TESTS = os.environ.get("HYBRIDRS_RAY_TESTS") == "1"
 needs_cluster = pytest.mark.skipif(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrs import erase as E
+from hybridrs.baselines import erase as E
 
 
 @pytest.mark.parametrize("L", [1, 2, 5, 7])

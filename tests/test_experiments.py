@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridrs import experiments as ex
+from hybridrs.experiments import protocols as ex
 from hybridrs.kernels import UniformKernel
 
 

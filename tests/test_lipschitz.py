@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrs import lipschitz as L
+from hybridrs.baselines import lipschitz as L
 
 
 def _exact(M):

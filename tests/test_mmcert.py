@@ -6,7 +6,7 @@ from math import comb
 import pytest
 import torch
 
-from hybridrs import mmcert
+from hybridrs.baselines import mmcert
 
 
 def brute_delta(n1, k1, r1, n2, k2, r2):

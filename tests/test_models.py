@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hybridrs import data, models
+from hybridrs.data import pairs as data
+from hybridrs.models import fusion as models
 
 
 def small_cfg(**kw):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hybridrs import nets
+from hybridrs.models import nets
 
 
 def _toy(n=256, seed=0):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hybridrs import prompts as P
+from hybridrs.data import prompts as P
 
 
 def test_advbench_has_520_distinct_behaviours():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrs import prompts as P
-from hybridrs import safety as S
+from hybridrs.data import prompts as P
+from hybridrs.models import safety as S
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,12 @@ def test_padding_and_batching_do_not_change_scores(filt):
 
 
 def test_cached_head_checksum_and_invalidation(filt, tmp_path):
-    data = (S.MODEL_DIR / S.HEAD_FILE).read_bytes()
+    data = (S.default_model_dir() / S.HEAD_FILE).read_bytes()
     assert hashlib.sha256(data).hexdigest() == S.head_checksum()
-    assert S._read_cached(S.MODEL_DIR / S.HEAD_FILE, S.HeadConfig()) is not None
+    assert S._read_cached(S.default_model_dir() / S.HEAD_FILE, S.HeadConfig()) is not None
     # a corrupted copy or another configuration is not used
-    shutil.copy(S.MODEL_DIR / S.HEAD_FILE, tmp_path / S.HEAD_FILE)
-    shutil.copy(S.MODEL_DIR / "safety_head.sha256", tmp_path / "safety_head.sha256")
+    shutil.copy(S.default_model_dir() / S.HEAD_FILE, tmp_path / S.HEAD_FILE)
+    shutil.copy(S.default_model_dir() / "safety_head.sha256", tmp_path / "safety_head.sha256")
     assert S._read_cached(tmp_path / S.HEAD_FILE, S.HeadConfig(hidden=32)) is None
     with open(tmp_path / S.HEAD_FILE, "ab") as fh:
         fh.write(b"x")

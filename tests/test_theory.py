@@ -1,4 +1,4 @@
-"""Tests of hybridrs.theory: the mpmath reference path, the released-code re-implementation, the
+"""Tests of hybridrs.reference: the mpmath reference path, the released-code re-implementation, the
 product-of-thresholds regions (Prop. 4.1) and the Monte Carlo of the worst-case classifier.
 
 References are computed here independently: closed forms (Cohen, absorbing kernel), brute-force
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr, ndtri
 
-from hybridrs import theory as T
+from hybridrs import reference as T
 from hybridrs.certify import knapsack_bound, worst_case
 from hybridrs.kernels import AbsorbingKernel, Groups, UniformKernel
 

@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _validate as v
-from .certify import cohen_radius, frontier, radius, worst_case
-from .smoothing import HybridSmooth
-from .stats import clopper_pearson_lower, clopper_pearson_upper
+from hybridrs import _validate as v
+from hybridrs.certify import cohen_radius, frontier, radius, worst_case
+from hybridrs.smoothing import HybridSmooth
+from hybridrs.stats import clopper_pearson_lower, clopper_pearson_upper
 
 
 # ------------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 
 def cache_dir() -> Path:
-    from .book import results_dir
+    from hybridrs._paths import results_dir
 
     path = results_dir() / "cache"
     path.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def run_cached(name: str, jobs: Iterable[tuple[str, Callable[[], dict]]], folder
                progress: bool = True, desc: str | None = None) -> pd.DataFrame:
     """Run each (key, job) whose key is not yet in the cache ``name``; return the rows of all the
     given keys, in order, as a DataFrame.  Each row is written the moment its job returns."""
-    from ._progress import progress_bar
+    from hybridrs._progress import progress_bar
 
     cache = ResultCache(name, folder)
     jobs = list(jobs)
@@ -367,7 +367,7 @@ def train_tabular_svm(tab: dict, *, sigma: float = 0.5, beta: float = 0.25, copi
     continuous fields, uniform replacement at β on the categorical ones (the released code's SVM
     experiment, paper.md §1.4)."""
     from sklearn.svm import LinearSVC
-    from .kernels import HeteroUniformKernel
+    from hybridrs.kernels import HeteroUniformKernel
 
     gen = torch.Generator().manual_seed(seed)
     kern = HeteroUniformKernel(beta, tab["arities"])
@@ -388,7 +388,7 @@ def tabular_row(model: TabularSVM, cat: np.ndarray, cont: np.ndarray, label: int
     """Majority-vote (τ = 1/2) hybrid certificate of one record with ``HeteroUniformKernel``:
     the protected class is the base prediction on the clean record; r*(d) for d = 0..d_max over
     the worst case of every field subset of size d."""
-    from .kernels import HeteroUniformKernel
+    from hybridrs.kernels import HeteroUniformKernel
 
     kern = HeteroUniformKernel(beta, model.arities)
     clean = int(model.predict(cat[None], cont[None])[0])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import _validate
+from hybridrs import _validate
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

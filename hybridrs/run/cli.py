@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import _validate as v
+from hybridrs import _validate as v
 
 #: Leading columns of the results file; r_0..r_D and then TAIL_COLUMNS follow.
 COLUMNS = ["id", "label", "threat", "n", "count", "p_a"]
@@ -243,7 +243,7 @@ def load_model(spec: str, device: str = "cpu") -> Model:
 
 def build_kernel(cfg: CertifyConfig, model: Model):
     """The text kernel of the run, with its alphabet / mask id from the options or the model."""
-    from .kernels import AbsorbingKernel, UniformKernel
+    from hybridrs.kernels import AbsorbingKernel, UniformKernel
 
     if cfg.kernel == "uniform":
         vocab = cfg.vocab_size if cfg.vocab_size is not None else model.vocab_size
@@ -427,7 +427,7 @@ class Certifier:
     """Model + smoother for one process: ``certifier(record) -> row`` (a dict of CSV fields)."""
 
     def __init__(self, cfg: CertifyConfig, model: Model | None = None):
-        from .smoothing import HybridSmooth
+        from hybridrs.smoothing import HybridSmooth
 
         self.cfg = cfg.validate()
         self.model = model if model is not None else load_model(cfg.model, cfg.device)
@@ -466,7 +466,7 @@ class Certifier:
     def __call__(self, rec: Record) -> dict:
         import torch
 
-        from .sequential import certify_sequential
+        from hybridrs.sequential import certify_sequential
 
         cfg = self.cfg
         seed = record_seed(cfg.seed, rec.id)
@@ -717,7 +717,7 @@ def run_certify(cfg: CertifyConfig, input_path, output_path, *, progress: bool =
     All inputs are checked before the first row is written.  Rows are appended and flushed one by
     one, so an interrupted run resumes where it stopped.
     """
-    from ._progress import progress_bar
+    from hybridrs._progress import progress_bar
 
     certifier, records = prepare(cfg, input_path, model)
     results = ResultsFile(output_path, certifier.columns, cfg.settings())
@@ -893,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "certify":
             cfg = _config_from(args)
             if args.ray is not None:
-                from .distributed import run_certify_ray
+                from hybridrs.run.distributed import run_certify_ray
 
                 summary = run_certify_ray(cfg, args.input, args.output,
                                           address=None if args.ray == "auto" else args.ray,

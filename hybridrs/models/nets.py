@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import _validate
+from hybridrs import _validate
 
 
 def mnist_cnn(width: int = 32) -> nn.Module:

@@ -30,15 +30,13 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import _validate as v
-from .book import ROOT
+from hybridrs import _validate as v
+from hybridrs._paths import model_dir as default_model_dir
 
-MODEL_DIR = ROOT / "data" / "models"
 
 
 @dataclass(frozen=True)
@@ -150,11 +148,11 @@ def noisy_batch(tokens: list[torch.Tensor], images: torch.Tensor, cfg: FilterCon
     With ``keep_text`` > 0 the batch is instead MMCert's sub-sampling (``hybridrs.mmcert.ablate``):
     ⌈keep_text·L⌉ tokens and ⌈keep_pixels·H·W⌉ pixels kept per example, no other noise.
     """
-    from .data import pad
+    from hybridrs.data.pairs import pad
 
     b = len(tokens)
     if cfg.keep_text > 0:
-        from .mmcert import ablate
+        from hybridrs.baselines.mmcert import ablate
 
         seqs, imgs = [], []
         P = images[0].numel()
@@ -189,7 +187,7 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
     The weights are rounded to float16 at the end (the cached file stores them so, and the model
     returned is the one the cache reloads).
     """
-    from .data import filler_id, usable_ids
+    from hybridrs.data.pairs import filler_id, usable_ids
 
     if len(train_set) < 2:
         raise ValueError("train_set must hold at least two pairs")
@@ -246,7 +244,7 @@ def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | 
     """The cached filter ``<model_dir>/<name>.pt`` if its SHA-256 and config match, else train it
     (``train_set_fn()`` builds the training pairs) and cache it.  Returns (model, info) with info
     holding the checksum, the config and whether it was retrained."""
-    model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     model_dir.mkdir(parents=True, exist_ok=True)
     wpath, mpath = model_dir / f"{name}.pt", model_dir / f"{name}.json"
     want = asdict(cfg)
@@ -271,7 +269,7 @@ def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | 
 @torch.inference_mode()
 def clean_accuracy(model: FusionFilter, ps, batch_size: int = 512) -> float:
     """Accuracy of the base filter on clean pairs (suffix of fillers appended, as certified)."""
-    from .data import pad, with_suffix
+    from hybridrs.data.pairs import pad, with_suffix
 
     pred = []
     for st in range(0, len(ps), batch_size):

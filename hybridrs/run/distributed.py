@@ -32,7 +32,7 @@ import os
 from dataclasses import asdict
 from typing import Callable
 
-from .cli import (CertifyConfig, InputError, Record, ResultsFile, certify_or_explain, prepare,
+from hybridrs.run.cli import (CertifyConfig, InputError, Record, ResultsFile, certify_or_explain, prepare,
                   summarize)
 
 
@@ -50,7 +50,7 @@ class _Worker:
     def __init__(self, cfg_dict: dict, device: str, threads: int):
         import torch
 
-        from .cli import Certifier, CertifyConfig
+        from hybridrs.run.cli import Certifier, CertifyConfig
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -94,7 +94,7 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
     after each row is written (tests use it to kill a worker mid-run).  A dead worker is replaced
     and its input retried, at most ``max_replacements`` times in all (default 2 × workers).
     """
-    from ._progress import progress_bar
+    from hybridrs._progress import progress_bar
 
     ray = _require_ray()
     certifier, records = prepare(cfg, input_path, _cpu_model(cfg))
@@ -181,6 +181,6 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
 
 
 def _cpu_model(cfg: CertifyConfig):
-    from .cli import load_model
+    from hybridrs.run.cli import load_model
 
     return load_model(cfg.model, "cpu")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import _validate
+from hybridrs import _validate
 
 
 # ----------------------------------------------------------------------------- spectral norms

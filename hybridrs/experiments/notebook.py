@@ -1,7 +1,7 @@
 """Helpers the book's notebooks share: run profiles, seeding, and where tables and figures go.
 
-Every table a chapter reports is written to ``data/results/<chapter>_<table>.csv`` and shown from
-that file.  Tests re-execute the notebooks in the quick profile; they set ``HYBRIDRS_PROFILE=quick``
+Every table a chapter reports is written to ``<results>/<chapter>_<table>.csv`` (``data/results``
+by default, see :mod:`hybridrs._paths`) and shown from that file.  Tests re-execute the notebooks in the quick profile; they set ``HYBRIDRS_PROFILE=quick``
 and point ``HYBRIDRS_RESULTS_DIR`` at a scratch folder so the committed full-profile results are
 never overwritten by a test run.
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hybridrs._paths import results_dir
+
 PROFILES = ("full", "quick")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_profile(profile: str) -> str:
@@ -25,13 +26,6 @@ def resolve_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     return profile
-
-
-def results_dir() -> Path:
-    """Folder for tables and figures (``data/results`` unless ``HYBRIDRS_RESULTS_DIR`` is set)."""
-    path = Path(os.environ.get("HYBRIDRS_RESULTS_DIR", ROOT / "data" / "results"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def seed_everything(seed: int, threads: int = 2) -> None:

@@ -39,10 +39,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import _validate as v
-from .book import ROOT
+from hybridrs import _validate as v
+from hybridrs._paths import model_dir as default_model_dir
 
-MODEL_DIR = ROOT / "data" / "models"
 HEAD_FILE = "safety_head.pt"
 
 
@@ -308,7 +307,7 @@ def load_safety_filter(config: HeadConfig | None = None, model_dir: Path | str |
     on the seed-``config.seed`` train split (about a minute on 2 CPU cores) and written back.
     """
     cfg = config or HeadConfig()
-    model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     path = model_dir / HEAD_FILE
     tok, enc = load_encoder()
     head = None if retrain else _read_cached(path, cfg)
@@ -326,7 +325,7 @@ def load_safety_filter(config: HeadConfig | None = None, model_dir: Path | str |
 
 def fit_head(filt: SafetyFilter, cfg: HeadConfig) -> MLPHead:
     """Train the head on the augmented train split (see :func:`augment`)."""
-    from .prompts import load_safety_prompts
+    from hybridrs.data.prompts import load_safety_prompts
 
     train, _ = load_safety_prompts(cfg.seed)
     ids = filt.encode(train.texts)
@@ -337,7 +336,7 @@ def fit_head(filt: SafetyFilter, cfg: HeadConfig) -> MLPHead:
 
 def head_checksum(model_dir: Path | str | None = None) -> str:
     """The SHA-256 recorded for the cached head."""
-    model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     return (model_dir / HEAD_FILE).with_suffix(".sha256").read_text().split()[0]
 
 

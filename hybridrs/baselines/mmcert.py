@@ -24,8 +24,8 @@ from math import comb
 import numpy as np
 import torch
 
-from . import _validate as v
-from .stats import clopper_pearson_lower
+from hybridrs import _validate as v
+from hybridrs.stats import clopper_pearson_lower
 
 
 def mmcert_delta(n1: int, k1: int, r1: int, n2: int, k2: int, r2: int) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _validate as v
+from hybridrs import _validate as v
 
 HARMFUL, BENIGN = 1, 0
 

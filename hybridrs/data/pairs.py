@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import _validate as v
+from hybridrs import _validate as v
 
 #: Filler appended for the append-only suffix threat (the released code uses ",").
 FILLER = ","
@@ -179,7 +179,7 @@ def dose_label(direction: str, t: int, digit: int) -> int:
 
 @lru_cache(maxsize=1)
 def _mnist():
-    from .datasets import mnist
+    from hybridrs.data.digits import mnist
 
     return mnist(4000, seed=0)
 
@@ -269,7 +269,7 @@ TYPO_SHAPE = (1, 28, 112)
 
 def advbench_phrases_found() -> list[bool]:
     """For each harmful phrase of ``PHRASES``: does AdvBench contain "how to <phrase>"?"""
-    from .prompts import harmful_prompts
+    from hybridrs.data.prompts import harmful_prompts
 
     corpus = [p.lower() for p in harmful_prompts()]
     return [any(re.search(r"\bhow to " + re.escape(h.lower()) + r"\b", p) for p in corpus) for h, _ in PHRASES]

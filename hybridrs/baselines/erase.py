@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import _validate as v
+from hybridrs import _validate as v
 
 MODES = ("suffix", "insertion", "infusion")
 
