@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrs.data import pairs as data
+from hybridrs.data import pairs as data, typographic as typo
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +81,71 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="split"):
         data.dose_pairs(10, "valid")
     with pytest.raises(ValueError, match="phrase"):
-        data.render_phrase("")
+        typo.render_phrase("")
 
 
 def test_typographic_set():
-    ps = data.typographic_pairs(60, "test", seed=0)
-    assert ps.images.shape == (60, *data.TYPO_SHAPE)
-    assert abs(ps.labels.mean() - 0.5) < 0.05
-    P = len(data.PHRASES)
+    ps = typo.typographic_pairs(64, "test", seed=0)
+    assert ps.images.shape == (64, *typo.TYPO_SHAPE)
+    assert ps.labels.mean() == 0.5
+    P = len(typo.PHRASES)
     harmful = ps.image_item < P
-    executing = ps.text_item < len(data.EXEC_REQUESTS)
-    assert (ps.labels == (harmful & executing)).all()
-    assert all(data.advbench_phrases_found())
-    a = data.typographic_pairs(10, "test", seed=0)
-    assert torch.equal(data.typographic_pairs(10, "test", seed=0).images, a.images)
+    executing = ps.text_item < len(typo.EXEC_REQUESTS)
+    # unsafe iff a harmful activity is executed or a benign one obstructed (XOR structure)
+    assert (ps.labels == (harmful == executing)).all()
+    assert all(typo.advbench_phrases_found())
+    a = typo.typographic_pairs(10, "test", seed=0)
+    assert torch.equal(typo.typographic_pairs(10, "test", seed=0).images, a.images)
+
+
+def test_typographic_set_is_interaction_only():
+    """Every phrase pair, phrase side, request kind is unsafe in exactly half of its pairs."""
+    ps = typo.typographic_pairs(256, "train", seed=1)
+    P = len(typo.PHRASES)
+    pair = ps.image_item % P
+    side = ps.image_item < P
+    kind = ps.text_item < len(typo.EXEC_REQUESTS)
+    for items in (pair, side, kind):
+        for k in np.unique(items):
+            assert ps.labels[items == k].mean() == 0.5
+
+
+@pytest.mark.parametrize("maker", [data.dose_pairs, typo.typographic_pairs])
+def test_unimodal_oracles_at_chance_on_both_sets(maker):
+    tr, te = maker(512, "train", seed=0), maker(256, "test", seed=0)
+    for items_tr, items_te in ((tr.image_item, te.image_item), (tr.text_item, te.text_item)):
+        acc = data.unimodal_bayes_accuracy(items_tr, tr.labels, items_te, te.labels)
+        assert abs(acc - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("maker", [data.dose_pairs, typo.typographic_pairs])
+def test_swapping_one_modality_flips_the_label(maker):
+    ps = maker(24, "test", seed=2)
+    for i in range(len(ps)):
+        for mod in ("text", "image"):
+            toks, img, lab = typo.swap_partner(ps, i, mod)
+            assert lab == 1 - ps.labels[i]
+            assert img.shape == ps.images[i].shape
+            if mod == "text":
+                assert not torch.equal(toks, ps.tokens[i]) and torch.equal(img, ps.images[i])
+            else:
+                assert torch.equal(toks, ps.tokens[i])
+        # the swapped MAIN pair obeys the dose rule
+        if ps.name == "MAIN":
+            direction, t, _ = data.DOSE_TEMPLATES[ps.text_item[i]]
+            partner = ps.text_item[i] + 1 if ps.text_item[i] % 2 == 0 else ps.text_item[i] - 1
+            assert data.dose_label(data.DOSE_TEMPLATES[partner][0], t, ps.image_item[i]) == 1 - ps.labels[i]
+
+
+def test_cancel_clauses_fit_the_suffix():
+    for c in data.CANCEL_CLAUSES:
+        assert 1 <= len(data.encode(c)) <= data.SUFFIX_SLOTS
 
 
 def test_rendering_depends_on_the_phrase():
-    x = data.render_phrase("make a bomb", np.random.default_rng(0))
-    y = data.render_phrase("make a cake", np.random.default_rng(0))
-    assert x.shape == (1, 28, 112) and (x - y).abs().sum() > 1
+    x = typo.render_phrase("make a bomb", np.random.default_rng(0))
+    y = typo.render_phrase("make a cake", np.random.default_rng(0))
+    assert x.shape == typo.TYPO_SHAPE and (x - y).abs().sum() > 1
 
 
 def test_unimodal_oracle_is_at_chance_on_main():

@@ -56,3 +56,18 @@ def test_ablation_keeps_exactly_k():
     t, im = mmcert.ablate(toks, img, 4, 30, 5, gen)
     assert t.shape == (5, 4) and ((t[:, 1:] - t[:, :-1]) > 0).all()
     assert (im.flatten(1).sum(1) == 30).all()
+
+
+def test_tau_criterion():
+    """p̲ − δ ≥ τ (protected class keeps probability ≥ τ) versus the majority p̲ − δ > 1/2."""
+    from hybridrs.stats import clopper_pearson_lower
+
+    n, count, alpha = 10_000, 6_000, 0.01
+    p = float(clopper_pearson_lower(count, n, alpha))
+    assert not mmcert.mmcert_certified(count, n, alpha, 0.2)           # 0.59 − 0.2 < 1/2
+    assert mmcert.mmcert_certified(count, n, alpha, 0.2, tau=4.6e-5)   # but ≥ τ
+    assert mmcert.mmcert_certified(count, n, alpha, p - 1e-3, tau=1e-4)
+    assert not mmcert.mmcert_certified(count, n, alpha, p - 1e-5, tau=1e-4)
+    r_half = mmcert.max_certified_r(count, n, alpha, 20, 6, 784, 79)
+    r_tau = mmcert.max_certified_r(count, n, alpha, 20, 6, 784, 79, tau=4.6e-5)
+    assert r_tau >= r_half

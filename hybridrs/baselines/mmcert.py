@@ -10,7 +10,12 @@ changes the ablated input only if some kept element is attacked, which happens w
 
 so every class probability moves by at most δ.  With p̲ the Clopper–Pearson lower bound on the
 top class (binary: the upper bound of the other is 1 − p̲), the prediction is certified at
-(r₁, r₂) iff p̲ − δ > 1 − p̲ + δ, i.e. δ < p̲ − 1/2.
+(r₁, r₂) iff p̲ − δ > 1 − p̲ + δ, i.e. δ < p̲ − 1/2 (MMCert's majority criterion, τ = 1/2).
+
+The hybrid certificate of a safety filter uses another criterion: the protected class (Unsafe)
+keeps probability ≥ τ under attack (τ = 4.6·10⁻⁵ in Delattre et al. 2026).  The same bound gives
+MMCert's version of it: P_adv[unsafe] ≥ p̲ − δ, so (r₁, r₂) is certified at threshold τ iff
+p̲ − δ ≥ τ (``tau=`` in :func:`mmcert_certified` and :func:`max_certified_r`).
 
 The threat is ℓ0 on both modalities: an ℓ2 image perturbation of any size > 0 may touch every
 pixel (r₂ = n₂, δ = 1), so MMCert certifies no ℓ2 radius at all; we compare on ℓ0 pixel counts.
@@ -50,22 +55,26 @@ def mmcert_delta(n1: int, k1: int, r1: int, n2: int, k2: int, r2: int) -> float:
     return f if Fraction(f) >= d else float(np.nextafter(f, 2.0))
 
 
-def mmcert_certified(count: int, n: int, alpha: float, delta: float) -> bool:
-    """Binary MMCert decision: p̲ − δ > (1 − p̲) + δ with p̲ = CP lower bound of count/n at α."""
+def mmcert_certified(count: int, n: int, alpha: float, delta: float, tau: float | None = None) -> bool:
+    """Binary MMCert decision with p̲ = CP lower bound of count/n at α: p̲ − δ > (1 − p̲) + δ
+    (majority, ``tau=None``), or p̲ − δ ≥ τ (the protected class keeps probability ≥ τ)."""
     p = float(clopper_pearson_lower(v.integer(count, "count"), v.integer(n, "n", minimum=1), alpha))
     delta = float(v.probability(delta, "delta"))
-    return bool(p - delta > 1 - p + delta)
+    if tau is None:
+        return bool(p - delta > 1 - p + delta)
+    tau = float(v.open_unit(tau, "tau"))
+    return bool(p - delta >= tau)
 
 
 def max_certified_r(count: int, n: int, alpha: float, n1: int, k1: int, n2: int, k2: int,
-                    ratio: float = 0.0, r1_max: int | None = None) -> int:
-    """Largest r₁ certified with r₂ = ⌊ratio·r₁⌋ (MMCert's curves use r₂ = 2r₁ on pixels);
-    −1 when not even (0, 0) is certified."""
+                    ratio: float = 0.0, r1_max: int | None = None, tau: float | None = None) -> int:
+    """Largest r₁ certified with r₂ = ⌊ratio·r₁⌋ (MMCert's curves use r₂ = 2r₁ on pixels) under
+    the criterion of :func:`mmcert_certified` (``tau``); −1 when not even (0, 0) is certified."""
     r1_max = n1 if r1_max is None else r1_max
     best = -1
     for r1 in range(0, r1_max + 1):
         r2 = min(n2, int(ratio * r1))
-        if mmcert_certified(count, n, alpha, mmcert_delta(n1, k1, r1, n2, k2, r2)):
+        if mmcert_certified(count, n, alpha, mmcert_delta(n1, k1, r1, n2, k2, r2), tau=tau):
             best = r1
         else:
             break

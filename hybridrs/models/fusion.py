@@ -28,6 +28,7 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -64,6 +65,8 @@ class FilterConfig:
     text_items: int = 0
     image_items: int = 0
     aux_weight: float = 0.5
+    noise: str = "mixed"  # or "kernel": the certification kernels (noisy_batch)
+    cancel_share: float = 0.0  # "kernel" only: share of suffixed examples given a cancel clause
     version: int = 2
 
 
@@ -136,21 +139,34 @@ class FusionFilter(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4)
+def _train_kernel(beta: float, alphabet: tuple[int, ...]):
+    from hybridrs.kernels import UniformKernel
+    return UniformKernel(beta, alphabet=alphabet)
+
+
 def noisy_batch(tokens: list[torch.Tensor], images: torch.Tensor, cfg: FilterConfig, alphabet: torch.Tensor,
-                filler: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch under the smoothing noise.
+                filler: int, gen: torch.Generator, labels: torch.Tensor | None = None):
+    """One training batch under the smoothing noise: (tokens, images), plus the labels when
+    ``labels`` is given (cancel clauses relabel their examples safe).
 
-    Per example: with probability ``l0_share`` each prompt token is replaced (probability
-    ``beta_train``) by a uniform alphabet token; then, with probability 1/2, ``suffix_slots`` filler
-    slots are appended, each left as the filler with probability u ~ U(0, 1) (per example) and
-    otherwise replaced by a uniform alphabet token; the image gets N(0, s²I) with s ~ U(0, σ_max).
-
-    With ``keep_text`` > 0 the batch is instead MMCert's sub-sampling (``hybridrs.mmcert.ablate``):
-    ⌈keep_text·L⌉ tokens and ⌈keep_pixels·H·W⌉ pixels kept per example, no other noise.
+    ``noise="kernel"`` (chapter 8): per example, with equal probability, a clean prompt; ℓ0
+    (``UniformKernel(beta_train).sample`` on every prompt token); a per-d suffix stage (m filler
+    slots, the kernel on the first d, d uniform in 1..m); or shared-D (the kernel on all m slots).
+    Where slots are appended, with probability ``cancel_share`` they first receive a clause of
+    ``CANCEL_CLAUSES`` (label safe), so appended tokens carry meaning.  ``noise="mixed"``
+    (version 2): prompt tokens replaced at ``beta_train`` with probability ``l0_share``; with
+    probability 1/2 m slots appended, each random with a per-example rate u ~ U(0, 1).  Either
+    way the image gets N(0, s²I), s ~ U(0, σ_max).  ``keep_text`` > 0: MMCert's sub-sampling
+    (``hybridrs.baselines.mmcert.ablate``) instead, no other noise.
     """
     from hybridrs.data.pairs import pad
 
     b = len(tokens)
+    y = None if labels is None else labels.clone()
+    def out(toks, imgs):
+        return (toks, imgs) if y is None else (toks, imgs, y)
+
     if cfg.keep_text > 0:
         from hybridrs.baselines.mmcert import ablate
 
@@ -160,33 +176,56 @@ def noisy_batch(tokens: list[torch.Tensor], images: torch.Tensor, cfg: FilterCon
             t, im = ablate(s, images[i], math.ceil(cfg.keep_text * len(s)), math.ceil(cfg.keep_pixels * P), 1, gen)
             seqs.append(t[0])
             imgs.append(im[0])
-        return pad(seqs), torch.stack(imgs)
+        return out(pad(seqs), torch.stack(imgs))
     seqs = []
-    u = torch.rand(b, 3, generator=gen)
-    for i, s in enumerate(tokens):
-        s = s.clone()
-        if u[i, 0] < cfg.l0_share:
-            hit = torch.rand(len(s), generator=gen) < cfg.beta_train
-            s[hit] = alphabet[torch.randint(len(alphabet), (int(hit.sum()),), generator=gen)]
-        if u[i, 1] < 0.5:
-            suf = torch.full((cfg.suffix_slots,), filler, dtype=torch.long)
-            hit = torch.rand(cfg.suffix_slots, generator=gen) >= u[i, 2]
-            suf[hit] = alphabet[torch.randint(len(alphabet), (int(hit.sum()),), generator=gen)]
-            s = torch.cat([s, suf])
-        seqs.append(s)
+    m = cfg.suffix_slots
+    if cfg.noise == "kernel":
+        from hybridrs.data.pairs import CANCEL_CLAUSES, encode
+        kern = _train_kernel(cfg.beta_train, tuple(alphabet.tolist()))
+        clauses = [encode(c)[:m] for c in CANCEL_CLAUSES]
+        mode = torch.randint(4, (b,), generator=gen)
+        u = torch.rand(b, generator=gen)
+        for i, s in enumerate(tokens):
+            mo = int(mode[i])
+            if mo == 1:
+                s = kern.sample(s, 1, generator=gen)[0]
+            elif mo >= 2:
+                suf = torch.full((m,), filler, dtype=torch.long)
+                if y is not None and u[i] < cfg.cancel_share:
+                    c = clauses[int(torch.randint(len(clauses), (1,), generator=gen))]
+                    suf[: len(c)] = c
+                    y[i] = 0
+                L = len(s)
+                s = torch.cat([s, suf])
+                mask = torch.zeros(len(s), dtype=torch.bool)
+                d = m if mo == 3 else int(torch.randint(1, m + 1, (1,), generator=gen))
+                mask[L: L + d] = True
+                s = kern.sample(s, 1, generator=gen, mask=mask)[0]
+            seqs.append(s)
+    elif cfg.noise == "mixed":
+        u = torch.rand(b, 3, generator=gen)
+        for i, s in enumerate(tokens):
+            s = s.clone()
+            if u[i, 0] < cfg.l0_share:
+                hit = torch.rand(len(s), generator=gen) < cfg.beta_train
+                s[hit] = alphabet[torch.randint(len(alphabet), (int(hit.sum()),), generator=gen)]
+            if u[i, 1] < 0.5:
+                suf = torch.full((m,), filler, dtype=torch.long)
+                hit = torch.rand(m, generator=gen) >= u[i, 2]
+                suf[hit] = alphabet[torch.randint(len(alphabet), (int(hit.sum()),), generator=gen)]
+                s = torch.cat([s, suf])
+            seqs.append(s)
+    else:
+        raise ValueError(f"noise must be 'kernel' or 'mixed', got {cfg.noise!r}")
     sig = torch.rand(b, 1, 1, 1, generator=gen) * cfg.sigma_max
-    return pad(seqs), images + sig * torch.randn(images.shape, generator=gen)
+    return out(pad(seqs), images + sig * torch.randn(images.shape, generator=gen))
 
 
 def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[FusionFilter, list[float]]:
-    """Train a ``FusionFilter`` on a ``hybridrs.data.PairSet`` with Adam on the logistic loss
-    under the smoothing noise (:func:`noisy_batch`), plus ``aux_weight`` × the cross-entropies of
-    the auxiliary heads (text item, image item) when ``text_items`` / ``image_items`` are set;
-    returns (model in eval mode, per-epoch mean total losses).  Deterministic on CPU for a given ``cfg.seed`` and thread count.
-
-    The weights are rounded to float16 at the end (the cached file stores them so, and the model
-    returned is the one the cache reloads).
-    """
+    """Train a ``FusionFilter`` on a ``PairSet`` with Adam on the logistic loss under the smoothing
+    noise (:func:`noisy_batch`) plus ``aux_weight`` × the auxiliary heads' cross-entropies; returns
+    (model in eval mode, per-epoch mean losses).  Deterministic on CPU for a given seed and thread
+    count; the weights are rounded to float16 at the end, as the cached file stores them."""
     from hybridrs.data.pairs import filler_id, usable_ids
 
     if len(train_set) < 2:
@@ -212,10 +251,10 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
         tot, cnt = 0.0, 0
         for st in range(0, n, cfg.batch_size):
             idx = order[st: st + cfg.batch_size]
-            toks, imgs = noisy_batch([train_set.tokens[i] for i in idx], train_set.images[idx], cfg,
-                                     alphabet, filler, gen)
+            toks, imgs, yb = noisy_batch([train_set.tokens[i] for i in idx], train_set.images[idx], cfg,
+                                         alphabet, filler, gen, labels=y[idx])
             logit, t, vv = model.features(toks, imgs)
-            loss = F.binary_cross_entropy_with_logits(logit, y[idx])
+            loss = F.binary_cross_entropy_with_logits(logit, yb)
             if model.aux_t is not None:
                 loss = loss + cfg.aux_weight * F.cross_entropy(model.aux_t(t), yt[idx])
             if model.aux_v is not None:
@@ -279,9 +318,9 @@ def clean_accuracy(model: FusionFilter, ps, batch_size: int = 512) -> float:
 
 
 def throughput(model, tokens: torch.Tensor, image: torch.Tensor, batch: int = 1000, reps: int = 3) -> float:
-    """Noisy samples per second of ``model`` at batch size ``batch`` (best of ``reps``)."""
+    """Samples per second of ``model`` at batch size ``batch`` (best of ``reps``), clean text and
+    noisy images."""
     import time
-
     toks = tokens.expand(batch, -1)
     best = math.inf
     for _ in range(reps):
