@@ -58,7 +58,10 @@ def ratio_ci(x, y, level: float = LEVEL, reps: int = BOOTSTRAP, seed: int = BOOT
         r = x[idx].mean(1) / y[idx].mean(1)
     a = (1 - level) / 2
     est = x.mean() / y.mean() if y.mean() != 0 else float("nan")
-    return float(est), float(np.nanquantile(r, a)), float(np.nanquantile(r, 1 - a))
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float(est), float("nan"), float("nan")
+    return float(est), float(np.quantile(r, a)), float(np.quantile(r, 1 - a))
 
 
 def fmt(est: tuple[float, float, float], digits: int = 2, percent: bool = False) -> str:
