@@ -89,21 +89,29 @@ class FastFusion(torch.nn.Module):
     def logits(self, tokens, images):
         return self.model.logits(tokens, images)
 
+    #: Rows per forward chunk: the CNN's activations of a 48×144 image take ~1.7 MB, so large
+    #: batches leave the CPU caches (measured 3× slower per sample at 2 500 than at 100).
+    TEXT_CHUNK, IMAGE_CHUNK = 256, 128
+
     @torch.inference_mode()
     def fast_logits(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         m = self.model
         tokens, images = m._check(tokens, images)
         b = tokens.shape[0]
         uniq, inv = torch.unique(tokens, dim=0, return_inverse=True)
-        ids = torch.cat([torch.full((uniq.shape[0], 1), m.cfg.cls_id, dtype=torch.long), uniq], dim=1)
-        att = (ids != 0).long()
-        hs = m.text(input_ids=ids, attention_mask=att).last_hidden_state
-        w = att.unsqueeze(-1).to(hs.dtype)
-        t = ((hs * w).sum(1) / w.sum(1))[inv]
+        ts = []
+        for st in range(0, uniq.shape[0], self.TEXT_CHUNK):
+            u = uniq[st: st + self.TEXT_CHUNK]
+            ids = torch.cat([torch.full((u.shape[0], 1), m.cfg.cls_id, dtype=torch.long), u], dim=1)
+            att = (ids != 0).long()
+            hs = m.text(input_ids=ids, attention_mask=att).last_hidden_state
+            w = att.unsqueeze(-1).to(hs.dtype)
+            ts.append((hs * w).sum(1) / w.sum(1))
+        t = torch.cat(ts)[inv]
         if b > 1 and images.stride(0) == 0:
             vv = m.cnn(images[:1]).expand(b, -1)
         else:
-            vv = m.cnn(images)
+            vv = torch.cat([m.cnn(images[st: st + self.IMAGE_CHUNK]) for st in range(0, b, self.IMAGE_CHUNK)])
         return m.head(torch.cat([t, vv, t * vv], dim=1)).squeeze(-1)
 
     def forward(self, tokens, images):
