@@ -273,16 +273,15 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
 
 
 def _state_bytes(model: FusionFilter) -> bytes:
-    buf = io.BytesIO()
+    buf = io.BytesIO()  # float16 on disk
     torch.save({k: t.half() for k, t in model.state_dict().items()}, buf)
     return buf.getvalue()
 
 
 def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | str | None = None,
                   progress: bool = False) -> tuple[FusionFilter, dict]:
-    """The cached filter ``<model_dir>/<name>.pt`` if its SHA-256 and config match, else train it
-    (``train_set_fn()`` builds the training pairs) and cache it.  Returns (model, info) with info
-    holding the checksum, the config and whether it was retrained."""
+    """The cached filter ``<model_dir>/<name>.pt`` if its SHA-256 and config match, else train it on
+    ``train_set_fn()`` and cache it.  Returns (model, info: checksum, config, retrained)."""
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     model_dir.mkdir(parents=True, exist_ok=True)
     wpath, mpath = model_dir / f"{name}.pt", model_dir / f"{name}.json"
@@ -291,7 +290,8 @@ def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | 
     if wpath.exists() and mpath.exists():
         meta = json.loads(mpath.read_text())
         data = wpath.read_bytes()
-        if meta.get("config") == want and meta.get("sha256") == hashlib.sha256(data).hexdigest():
+        have = {"noise": "mixed", "cancel_share": 0.0, **meta.get("config", {})}  # files older than these fields
+        if have == want and meta.get("sha256") == hashlib.sha256(data).hexdigest():
             model = FusionFilter(cfg)
             state = torch.load(io.BytesIO(data), weights_only=True)
             model.load_state_dict({k: t.float() for k, t in state.items()})
