@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-import mp_reference as ref
+from hybridrs.reference import mp as M
 from hybridrs.certify import (cohen_radius, frontier, knapsack_bound, radius, required_p_a,
                               worst_case)
 from hybridrs.kernels import AbsorbingKernel, UniformKernel
@@ -66,7 +66,7 @@ def test_small_eps_tends_to_knapsack(d):
     assert near == pytest.approx(knap, rel=1e-3)
     assert worst_case(PA_ALL, k, d, 0.0, 1.0) == pytest.approx(knap, rel=1e-12)
     # the knapsack bound equals an exact-rational greedy fill
-    assert knap == pytest.approx(float(ref.knapsack(PA_ALL, ref.uniform_groups(0.25, 30_000, d))), rel=1e-11)
+    assert knap == pytest.approx(float(M.mp_knapsack(PA_ALL, M.mp_uniform_groups(d, 30_000, 0.25))), rel=1e-11)
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.25, 0.5, 0.9])
@@ -107,18 +107,17 @@ def test_radius_matches_mpmath(p_a, beta, V, d, sigma, tau):
     k = UniformKernel(beta, V)
     # the uniform kernel's certificate is monotone in d, so "≤ d" equals "exactly d" here
     r = radius(p_a, k, d, sigma, tau)
-    groups = ref.uniform_groups(beta, V, d)
-    cert0 = ref.knapsack(p_a, groups) >= tau
+    groups = M.mp_uniform_groups(d, V, beta)
+    cert0 = M.mp_knapsack(p_a, groups) >= tau
     if r == -math.inf:
-        assert ref.knapsack(p_a, groups) < tau * (1 + 1e-10)
+        assert M.mp_knapsack(p_a, groups) < tau * (1 + 1e-10)
         return
     assert cert0
     if r == 0.0:
         # certified at ε = 0 only: the worst case at a tiny radius is already below τ
-        assert ref.worst_case(p_a, groups, mp.mpf("1e-6")) < tau * (1 + 1e-8)
+        assert M.mp_worst_case(p_a, 1e-6, groups) < tau * (1 + 1e-8)
         return
-    rho, res = ref.radius_rho(p_a, groups, tau, r / sigma)
-    assert res < 1e-25
+    rho = M.mp_radius(p_a, groups, tau)
     exact = float(rho) * sigma
     assert r <= exact * (1 + 1e-12)
     assert r == pytest.approx(exact, rel=1e-9)
@@ -129,7 +128,7 @@ def test_worst_case_matches_mpmath(p_a, beta, V, d, sigma, tau):
     k = UniformKernel(beta, V)
     eps = float(np.random.default_rng(int(p_a * 1e9) % 2**32).uniform(0.0, 3.0))
     # the ≤ d worst case is the minimum over d' ≤ d of the exact-d' values
-    exact = min(float(ref.worst_case(p_a, ref.uniform_groups(beta, V, dd), mp.mpf(eps) / sigma)) for dd in range(d + 1))
+    exact = min(float(M.mp_worst_case(p_a, eps / sigma, M.mp_uniform_groups(dd, V, beta))) for dd in range(d + 1))
     got = worst_case(p_a, k, d, eps, sigma)
     assert got <= exact * (1 + 1e-12) + 1e-300
     assert got == pytest.approx(exact, rel=1e-9, abs=1e-300)
@@ -213,9 +212,7 @@ def test_worst_case_classifier_monte_carlo():
     s = torch.tensor([0, 1, 2])
     s_adv = torch.tensor([3, 0, 2])  # d = 2 positions changed
     rho = eps / sigma
-    groups = ref.uniform_groups(beta, V, 2)
-    lo, hi = ref._u_range(mp.mpf(rho), groups)
-    u_star = float(ref._bisect(lambda u: ref.F(u, mp.mpf(rho), groups) - p_a, lo, hi))
+    u_star = float(M.mp_threshold(p_a, rho, M.mp_uniform_groups(2, V, beta)))
     a = beta / (V - 1)
 
     def log_ratio_text(z):
