@@ -40,6 +40,7 @@ import torch
 
 from hybridrs import _validate as v
 from hybridrs._paths import model_dir as default_model_dir
+from hybridrs.kernels import AbsorbingKernel, UniformKernel
 from hybridrs.data.tokens import minilm_path, pad, tokenizer, usable_ids
 
 HEAD_FILE = "safety_head.pt"
@@ -60,7 +61,7 @@ class HeadConfig:
     mask_copies: int = 1
     erase_per_mode: int = 4
     erase_budget: int = 20
-    version: int = 1
+    version: int = 2  # 2: training noise drawn by hybridrs.kernels
 
 
 def load_encoder():
@@ -179,13 +180,17 @@ def augment(token_lists: Sequence[torch.Tensor], labels: Sequence[int], cfg: Hea
 
     * per benign prompt and per erase mode (suffix / one-block insertion / infusion), up to
       ``erase_per_mode`` distinct random erasures of at most ``erase_budget`` tokens (≥ 1 token kept);
-    * per prompt, ``noise_copies`` copies with each token replaced w.p. β by a uniform other id
-      from ``vocab`` and ``mask_copies`` copies with each token masked w.p. β (label kept).
+    * per prompt, ``noise_copies`` draws of the uniform kernel (each token replaced w.p. β by one of
+      the other ids of ``vocab``) and ``mask_copies`` draws of the absorbing kernel (each token
+      masked w.p. β), label kept.
     Deterministic in ``cfg.seed``.
     """
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    vocab_t = torch.as_tensor(list(vocab), dtype=torch.long)
+    # The smoothing kernels themselves draw the training noise: the head sees the law it is
+    # certified under (uniform replacement among the *other* alphabet tokens; masking).
+    uniform = UniformKernel(cfg.noise_beta, alphabet=vocab)
+    absorbing = AbsorbingKernel(cfg.noise_beta, mask_id)
     seqs, ys = [], []
     for t, y in zip(token_lists, labels):
         t = torch.as_tensor(t, dtype=torch.long)
@@ -208,15 +213,10 @@ def augment(token_lists: Sequence[torch.Tensor], labels: Sequence[int], cfg: Hea
                 keep[list(pat)] = False
                 seqs.append(t[keep])
                 ys.append(0)
-        for _ in range(cfg.noise_copies):
-            hit = torch.rand(L, generator=gen) < cfg.noise_beta
-            repl = vocab_t[torch.randint(0, len(vocab_t), (L,), generator=gen)]
-            seqs.append(torch.where(hit, repl, t))
-            ys.append(int(y))
-        for _ in range(cfg.mask_copies):
-            hit = torch.rand(L, generator=gen) < cfg.noise_beta
-            seqs.append(torch.where(hit, torch.full_like(t, mask_id), t))
-            ys.append(int(y))
+        for kernel, copies in ((uniform, cfg.noise_copies), (absorbing, cfg.mask_copies)):
+            if copies:
+                seqs.extend(kernel.sample(t, copies, generator=gen).unbind(0))
+                ys.extend([int(y)] * copies)
     return seqs, np.array(ys, dtype=np.int64)
 
 
