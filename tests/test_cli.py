@@ -19,7 +19,8 @@ from hybridrs.run.cli import main
 from hybridrs.run.config import CertifyConfig
 from hybridrs.run.plugins import load_model
 from hybridrs.run.records import read_image, read_records
-from hybridrs.run.runner import record_seed, run_certify
+from hybridrs.run.runner import run_certify
+from hybridrs.seeds import input_seed
 from hybridrs.kernels import UniformKernel
 from hybridrs.smoothing import HybridSmooth
 from hybridrs.stats import clopper_pearson_lower
@@ -64,7 +65,7 @@ def test_rows_match_the_library(inputs, tmp_path):
     kernel = UniformKernel(0.25, model.vocab_size)
     sm = HybridSmooth(model.classify, sigma=0.25, kernel=kernel, batch_size=128, progress=False)
     for rec, row in zip(recs, rows):
-        count = sm.count(torch.tensor(rec.tokens), rec.load_image(), 300, seed=record_seed(0, rec.id))
+        count = sm.count(torch.tensor(rec.tokens), rec.load_image(), 300, seed=input_seed(0, rec.id))
         assert int(row["count"]) == count and int(row["n"]) == 300
         p_a = clopper_pearson_lower(count, 300, 0.01)
         assert float(row["p_a"]) == p_a
@@ -178,7 +179,9 @@ def test_threats_and_sequential_columns(inputs, tmp_path):
     assert main(["certify", str(inputs), str(out), *[a for a in BASE if a not in ("--d-max", "2")],
                  "--threat", "suffix", "--suffix-len", "2"]) == 0
     rows = _rows(out)
-    assert all(len(r["count"].split(";")) == 2 and "r_2" in r for r in rows)
+    # per-d: one estimate per d, stopping at the first d that fails
+    assert all(1 <= len(r["stage_counts"].split(";")) <= 2 and "r_2" in r for r in rows)
+    assert all(int(r["count"]) == sum(int(c) for c in r["stage_counts"].split(";")) for r in rows)
     out = tmp_path / "shared.csv"
     assert main(["certify", str(inputs), str(out), *[a for a in BASE if a not in ("--d-max", "2")],
                  "--threat", "shared-suffix", "--suffix-len", "2", "--sequential", "--target-eps", "0.1"]) == 0

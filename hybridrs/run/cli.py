@@ -48,7 +48,7 @@ redoes a last line cut by a crash.  It is refused, leaving the file untouched, w
 the model differ, a record's content changed, an id appears twice, or a complete line is damaged.
 A file that is not a hybridrs results file is never written; one writer per file (lock on
 ``<results>.lock``, taken before the file exists).  Every input gets its own seed, derived from
-``--seed`` and its id (:func:`~hybridrs.run.runner.record_seed`), so the results do not depend on
+``--seed`` and its id (``hybridrs.seeds.input_seed(seed, id)``), so the results do not depend on
 the order of the inputs or on sharding.
 
 Exit status
