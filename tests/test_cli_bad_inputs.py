@@ -46,6 +46,11 @@ class Late(ToyModel):
         if self.calls >= self.after:
             if self.how == "exit":
                 sys.exit(0)
+            if self.how == "interrupt":
+                raise KeyboardInterrupt
+            if self.how == "sigterm":
+                import os, signal
+                os.kill(os.getpid(), signal.SIGTERM)
             raise KeyError("no such feature")
         return super().__call__(tokens, images)
 
@@ -72,6 +77,16 @@ def keyerror_later(device="cpu"):
 
 def exit_later(device="cpu"):
     return Late(6, "exit")
+
+
+def interrupt_later(device="cpu"):
+    import os
+    return Late(int(os.environ.get("HOSTILE_AFTER", 6)), "interrupt")
+
+
+def sigterm_later(device="cpu"):
+    import os
+    return Late(int(os.environ.get("HOSTILE_AFTER", 6)), "sigterm")
 
 
 def no_device():
@@ -419,6 +434,24 @@ def test_model_failing_after_some_rows(ws, capsys, factory, needle):
     assert not out.with_name("res.csv.lock").exists()
 
 
+@pytest.mark.parametrize("factory,code,word", [("interrupt_later", 130, "interrupted"),
+                                                ("sigterm_later", 143, "terminated")])
+def test_interrupted_run_keeps_complete_rows_and_resumes(ws, capsys, monkeypatch, factory, code, word):
+    out = ws / "res.csv"
+    assert main(_certify(ws, model=_model(ws, factory))) == code
+    err = capsys.readouterr().err
+    assert f"hybridrs certify: {word}; the rows written so far are complete" in err and err.count("\n") == 1
+    assert len(out.read_text().splitlines()) == 2 + 2 and out.read_text().endswith("\n")
+    assert not out.with_name("res.csv.lock").exists()
+    monkeypatch.setenv("HOSTILE_AFTER", str(10 ** 9))  # the same model (same source), no longer stopped
+    full = ws / "full.csv"
+    assert main(_certify(ws, out=full, model=_model(ws, factory))) == 0
+    assert main(_certify(ws, model=_model(ws, factory))) == 0  # the resumed file equals an uninterrupted run (but for seconds)
+    def strip(p):
+        return [line.rsplit(",", 1)[0] for line in p.read_text().splitlines()]
+    assert strip(out) == strip(full)
+
+
 def test_torn_last_line_dropped_with_a_note(ws, capsys):
     out = _done(ws)
     full = out.read_text()
@@ -484,3 +517,13 @@ def test_working_folder_does_not_shadow_installed_packages(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert not (work / "PWNED").exists()
         out.unlink()
+
+
+def test_report_title_names_every_parameter(ws):
+    from hybridrs.run.report import _title, read_results
+
+    out = _done(ws)
+    df, settings = read_results(out)
+    title = _title(out, len(df), settings)
+    for part in ("σ = 0.25", "β = 0.25", "τ = 4.6e-05", "α = 0.01", "n = 200", "l0 threat", "uniform kernel", "8 inputs"):
+        assert part in title, title

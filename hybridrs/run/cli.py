@@ -39,9 +39,10 @@ Output
 ------
 A results file (:mod:`hybridrs.run.results`): a first line ``#hybridrs-results 2 {settings}``
 holding every setting and the model's fingerprint, a CSV header, then one row per input, appended
-and flushed as soon as it is done: the columns ``id, label, threat, n, count, p_a``, r_0..r_D (the
-certified image radius at text budget d; -inf = not certified at (d, 0)), ``d_certified,
-decision, fingerprint, seconds``.  Ids that a spreadsheet would read as a formula (starting with
+and flushed as soon as it is done, built from the pipeline's ``Certificate.as_row()``: the columns
+``id, label, threat, n, count, p_a`` (draws and positives over all stages, the bound of budget 0),
+r_0..r_D (the certified image radius at text budget d; -inf = not certified at (d, 0), nan = not
+evaluated), ``d_certified, decision, stage_counts, stage_p_a, fingerprint, seconds``.  Ids that a spreadsheet would read as a formula (starting with
 ``= + - @``, tab, CR, or ``'``) are written with a leading ``'``.  A rerun resumes: it skips the
 inputs whose row is there (keyed on a fingerprint of the record's content and the settings) and
 redoes a last line cut by a crash.  It is refused, leaving the file untouched, when the settings or
@@ -54,7 +55,8 @@ the order of the inputs or on sharding.
 Exit status
 -----------
 0 on success; 2 on bad input, with one line ``hybridrs certify: error: <record N (id 'x') |
---option | 'path'>: what is wrong``; 130 when interrupted (Ctrl-C).  The settings, the device, the
+--option | 'path'>: what is wrong``; 130 when interrupted (Ctrl-C), 143 on SIGTERM (the file then
+holds complete rows only and its lock is released; a rerun resumes).  The settings, the device, the
 model (one probe call), every record (encoding, token ids, image) and the output (a writable,
 lockable results file or a new one, free disk space) are checked before the first input is
 certified, so a bad input leaves every file as it was.  A failure of the model in the middle of a
@@ -65,7 +67,9 @@ stay, complete.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from hybridrs.run.config import KERNELS, THREATS, CertifyConfig, InputError
@@ -172,15 +176,29 @@ def _report(args) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the run is (not an Exception: user-code wrappers let it through)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``hybridrs`` (and ``python -m hybridrs``).  Returns the exit status."""
     args = _parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)  # unwind: close the file, drop the lock
     try:
         return _certify(args) if args.command == "certify" else _report(args)
     except InputError as exc:
         print(f"hybridrs {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"hybridrs {args.command}: interrupted; the rows written so far are complete, rerun the same "
-              "command to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        print(f"hybridrs {args.command}: {'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; "
+              "the rows written so far are complete, rerun the same command to resume", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -8,7 +8,7 @@ single-process run does.  Hence:
 
 * the results file is the same as a single-process run's (same columns, same settings line,
   same rows up to their order and the ``seconds`` column): every input is seeded from the global
-  seed and its id (:func:`hybridrs.run.runner.record_seed`), never from its position or its worker;
+  seed and its id (``hybridrs.seeds.input_seed(seed, id)``), never from its position or its worker;
 * it resumes the same way (finished ids are skipped, a torn last line is redone), and a run may be
   resumed with or without Ray;
 * a worker that dies (node lost, out of memory, killed) loses only the input it was working on:

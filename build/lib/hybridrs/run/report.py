@@ -23,8 +23,9 @@ MAX_CURVES = 8
 def read_results(path):
     """``(table, settings)``: the rows of a results file as a pandas DataFrame with exact dtypes
     (``id`` str, ``label`` Int8 (nullable), ``n`` and ``d_certified`` int64, ``r_d`` and ``seconds``
-    float64; ``count`` int64 and ``p_a`` float64, or str holding one value per d separated by ``;``
-    for the per-d suffix threat) and the settings stored in its first line.
+    float64, ``count`` int64 and ``p_a`` float64 (as :meth:`Certificate.as_row` gives them: all
+    draws, p_A of budget 0), ``threat``, ``decision``, ``fingerprint`` and the per-stage
+    ``stage_counts`` / ``stage_p_a`` (``;``-separated) str) and the settings stored in its first line.
 
     A torn last line (an interrupted run) is left out; a damaged line or a duplicated id is an error.
     """
@@ -43,12 +44,13 @@ def read_results(path):
     for c in header:
         if c.startswith("r_") or c == "seconds":
             df[c] = np.array([float(x) for x in data[c]], dtype=np.float64)
-    if not any(";" in x for x in data["count"]):
-        try:
-            df["count"] = np.array([int(x) for x in data["count"]], dtype=np.int64)
-            df["p_a"] = np.array([float(x) for x in data["p_a"]], dtype=np.float64)
-        except ValueError:
-            raise InputError(f"{str(path)!r}: a count or p_a value is not a number") from None
+    try:
+        df["count"] = np.array([int(x) for x in data["count"]], dtype=np.int64)
+        df["p_a"] = np.array([float(x) for x in data["p_a"]], dtype=np.float64)
+    except ValueError:
+        raise InputError(f"{str(path)!r}: a count or p_a value is not a number") from None
+    for c in ("threat", "decision", "stage_counts", "stage_p_a", "fingerprint"):
+        df[c] = df[c].astype(str)
     return df, settings
 
 
@@ -61,14 +63,11 @@ def _correct(df) -> np.ndarray:
 
 
 def accuracy(radii, correct, eps_grid) -> np.ndarray:
-    """Certified accuracy at every ε of ``eps_grid`` (share of inputs correct with r ≥ ε)."""
-    from hybridrs import analysis
+    """Certified accuracy at every ε of ``eps_grid``: :func:`hybridrs.analysis.certified_accuracy`
+    (share of inputs correct with r ≥ ε; −inf and NaN never count)."""
+    from hybridrs.analysis import certified_accuracy
 
-    eps_grid = np.asarray(eps_grid, dtype=float)
-    one = getattr(analysis, "certified_accuracy", None)
-    if one is not None:
-        return np.array([float(one(radii, e, correct=correct)) for e in eps_grid])
-    return analysis.certified_accuracy_curve(radii, correct, eps_grid)
+    return np.atleast_1d(certified_accuracy(radii, correct=correct, eps=np.asarray(eps_grid, dtype=float)))
 
 
 def certified_accuracy_table(df, radii: Sequence[float]):

@@ -3,7 +3,7 @@
 Layout (UTF-8, ``\\n`` line ends)::
 
     #hybridrs-results 2 {"alpha": 0.01, "beta": 0.25, ..., "model_fingerprint": "weights:..."}
-    id,label,threat,n,count,p_a,r_0,...,r_D,d_certified,decision,fingerprint,seconds
+    id,label,threat,n,count,p_a,r_0,...,r_D,d_certified,decision,stage_counts,stage_p_a,fingerprint,seconds
     ex0,0,l0,10000,0,0.0,-inf,...
 
 The first line holds every setting that determines the rows (JSON, sorted keys), so a file can
@@ -38,7 +38,7 @@ from hybridrs.run.config import FORMAT, InputError
 MAGIC = "#hybridrs-results"
 #: Leading columns; r_0..r_D and then TAIL_COLUMNS follow.
 COLUMNS = ["id", "label", "threat", "n", "count", "p_a"]
-TAIL_COLUMNS = ["d_certified", "decision", "fingerprint", "seconds"]
+TAIL_COLUMNS = ["d_certified", "decision", "stage_counts", "stage_p_a", "fingerprint", "seconds"]
 #: Settings stored for information only: a resume may change them (the model is identified by its
 #: fingerprint, not by its import path).
 INFORMATIONAL = ("model",)
@@ -162,6 +162,8 @@ def _fields(raw: bytes):
 def _row_ok(row: dict) -> bool:
     try:
         int(row["n"])
+        int(row["count"])
+        float(row["p_a"])
         int(row["d_certified"])
         float(row["seconds"])
         for c, val in row.items():

@@ -8,7 +8,6 @@ per unfinished record.  :class:`Certifier` certifies one record (used by the Ray
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -20,12 +19,6 @@ from hybridrs.run.config import CertifyConfig, InputError
 from hybridrs.run.plugins import Model, call_user, check_device, load_model
 from hybridrs.run.records import Record, read_records
 from hybridrs.run.results import ResultsFile, check_output_path, columns, row_fingerprint
-
-
-def record_seed(seed: int, record_id: str) -> int:
-    """Seed of one input: BLAKE2b(global seed, id) → 62 bits.  Independent of order and sharding."""
-    h = hashlib.blake2b(f"{int(seed)}\x00{record_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 62) - 1)
 
 
 def build_kernel(cfg: CertifyConfig, model: Model):
@@ -132,51 +125,52 @@ class Certifier:
             raise InputError(f"{rec.where}: the model must return one label in {{0, 1}} per input; on a batch "
                              f"of one it returned {_short(out)}")
 
-    def __call__(self, rec: Record, fingerprint: str = "") -> dict:
-        import torch
+    def threat(self):
+        """The threat object of the pipeline (:mod:`hybridrs.threats`) for ``--threat``."""
+        from hybridrs.threats import L0, Suffix
 
-        from hybridrs.sequential import certify_sequential
+        if self.cfg.threat == "l0":
+            return L0(d_max=self.cfg.d_max)
+        return Suffix(m=self.cfg.suffix_len, filler_id=self.filler, shared=self.cfg.threat == "shared-suffix")
+
+    def estimator(self):
+        """The estimator of the pipeline (:mod:`hybridrs.estimators`): FixedN, or Sequential."""
+        from hybridrs.estimators import FixedN, Sequential
 
         cfg = self.cfg
-        seed = record_seed(cfg.seed, rec.id)
-        tokens = torch.tensor(rec.tokens, dtype=torch.long)
-        image = rec.load_image()
+        if cfg.sequential:
+            return Sequential(alpha=cfg.alpha, target_d=cfg.target_d, target_eps=cfg.target_eps,
+                              max_n=cfg.max_n, first_batch=cfg.first_batch)
+        return FixedN(n=cfg.n, alpha=cfg.alpha)
+
+    def __call__(self, rec: Record, fingerprint: str = "") -> dict:
+        """Certify one record through the one pipeline (``HybridSmooth.certify``) and turn its
+        :class:`~hybridrs.smoothing.Certificate` into a row of the results file."""
+        import torch
+
+        from hybridrs.seeds import input_seed
+
         t0 = time.perf_counter()
-        decision = ""
-        if cfg.threat == "suffix":
-            cert = self.smoother.certify_suffix(tokens, image, cfg.n, m=cfg.suffix_len, filler_id=self.filler,
-                                                alpha=cfg.alpha, tau=cfg.tau, shared=False, seed=seed)
-            count = ";".join(str(c) for c in cert.extra["counts"])
-            p_a = ";".join(repr(float(p)) for p in cert.extra["p_a_per_d"])
-            n = cert.n
-        else:
-            mask = None
-            if cfg.threat == "shared-suffix":
-                L, m = tokens.numel(), cfg.suffix_len
-                tokens = torch.cat([tokens, torch.full((m,), self.filler, dtype=torch.long)])
-                mask = torch.zeros(L + m, dtype=torch.bool)
-                mask[L:] = True
-            if cfg.sequential:
-                cert = certify_sequential(self.smoother, tokens, image, d=cfg.target_d, eps=cfg.target_eps,
-                                          alpha=cfg.alpha, tau=cfg.tau, d_max=cfg.d_max, seed=seed, mask=mask,
-                                          max_n=cfg.max_n, first_batch=cfg.first_batch)
-                decision = cert.extra["decision"]
-            else:
-                cert = self.smoother.certify(tokens, image, cfg.n, alpha=cfg.alpha, tau=cfg.tau, d_max=cfg.d_max,
-                                             seed=seed, mask=mask)
-            count, p_a, n = str(cert.count), repr(float(cert.p_a)), cert.n
-        radii = np.asarray(cert.radii, dtype=float)
-        if radii.size != cfg.d_max + 1:  # image-only or text-only shapes: pad with "not certified"
-            radii = np.concatenate([radii, np.full(cfg.d_max + 1 - radii.size, -np.inf)])[: cfg.d_max + 1]
-        row = {"id": rec.key, "label": "" if rec.label is None else str(int(rec.label)), "threat": cfg.threat,
-               "n": str(int(n)), "count": count, "p_a": p_a}
-        row.update({f"r_{d}": repr(float(r)) for d, r in enumerate(radii)})
-        # d_certified: the largest d such that every d' <= d is certified at eps = 0 (-1 if none).
-        ok = radii >= 0
-        d_cert = cfg.d_max if ok.all() else int(np.argmin(ok)) - 1
-        row.update({"d_certified": str(d_cert), "decision": decision, "fingerprint": fingerprint,
-                    "seconds": f"{time.perf_counter() - t0:.3f}"})
-        return row
+        cert = self.smoother.certify(torch.tensor(rec.tokens, dtype=torch.long), rec.load_image(),
+                                     threat=self.threat(), estimator=self.estimator(), tau=self.cfg.tau,
+                                     seed=input_seed(self.cfg.seed, rec.id))
+        return row_from(cert, rec, fingerprint, self.cfg.d_max, time.perf_counter() - t0)
+
+
+def row_from(cert, rec: Record, fingerprint: str, d_max: int, seconds: float) -> dict:
+    """The CSV fields of one certificate: ``cert.as_row()`` (threat, n, count, p_a, r_0..r_D,
+    d_certified), the sequential decision, the per-stage counts and bounds, the record's id and
+    label, the row fingerprint and the wall time."""
+    c = cert.as_row()
+    radii = [float(c[f"r_{d}"]) if f"r_{d}" in c else -math.inf for d in range(d_max + 1)]
+    row = {"id": rec.key, "label": "" if rec.label is None else str(int(rec.label)), "threat": str(c["threat"]),
+           "n": str(int(c["n"])), "count": str(int(c["count"])), "p_a": repr(float(c["p_a"]))}
+    row.update({f"r_{d}": repr(r) for d, r in enumerate(radii)})
+    row.update({"d_certified": str(int(c["d_certified"])), "decision": str(cert.extra.get("decision", "")),
+                "stage_counts": ";".join(str(int(k)) for k in cert.counts),
+                "stage_p_a": ";".join(repr(float(p)) for p in cert.p_a_per_stage),
+                "fingerprint": fingerprint, "seconds": f"{seconds:.3f}"})
+    return row
 
 
 def _short(x) -> str:
@@ -255,7 +249,7 @@ def summarize(rows: Iterable[dict], d_max: int) -> dict:
     return {"inputs": len(rows), "certified_fraction": float(np.mean(dc >= 1)),
             "mean_d_max": float(np.mean(np.maximum(dc, 0))),
             "mean_r1": float(np.mean(np.where(r1 > 0, r1, 0.0))),
-            "mean_draws": float(np.mean([int(r["n"]) * (d_max if r["threat"] == "suffix" else 1) for r in rows]))}
+            "mean_draws": float(np.mean([int(r["n"]) for r in rows]))}
 
 
 def format_summary(summary: dict) -> str:
