@@ -62,3 +62,29 @@ def test_core_does_not_import_the_command_line():
             continue
         bad = {m for m in _imports(p, top_level_only=False) if m.startswith("hybridrs.run")}
         assert not bad, f"{p} imports {bad}"
+
+
+def test_pyproject_declares_what_the_command_line_imports():
+    """`pip install .` must give a CLI whose every subcommand works: each third-party module the
+    command line (and the core it calls) imports is a declared dependency (Ray: the extra)."""
+    import re
+    import sys
+
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = {re.split(r"[<>=!~\[ ;]", d)[0].lower()
+            for d in re.findall(r'"([^"]+)"', text.split("dependencies = [", 1)[1].split("]", 1)[0])}
+    dist = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+    modules = set()
+    for p in list(RUN.glob("*.py")) + [ROOT / "hybridrs" / f for f in
+                                       ("smoothing.py", "kernels.py", "certify.py", "stats.py", "analysis.py",
+                                        "estimators.py", "threats.py", "sequential.py", "seeds.py", "_progress.py")]:
+        if not p.exists():
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            modules.update(n.split(".")[0] for n in names)
+    third = {m for m in modules if m not in sys.stdlib_module_names and m not in ("hybridrs", "ray")}
+    missing = {m for m in third if dist.get(m, m).lower() not in deps}
+    assert not missing, f"imported but not in pyproject dependencies: {missing}"
+    assert '"ray"' in text.split("[project.optional-dependencies]", 1)[1]
