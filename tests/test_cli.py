@@ -264,3 +264,22 @@ def test_second_writer_is_refused(inputs, tmp_path):
     first.close()
     ResultsFile(out, columns(2)).open().close()  # free again once the first writer is done
     assert not out.with_name("res.csv.lock").exists()  # the lock file goes with its holder
+
+
+def test_model_fingerprint_follows_what_the_model_computes():
+    import types
+
+    from hybridrs.run.plugins import model_fingerprint
+
+    mod = types.ModuleType("m")  # no source file: only the weights tell models apart
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    fa = model_fingerprint(a, a, mod)
+    assert fa.startswith("weights:") and fa == model_fingerprint(a, a, mod)
+    assert fa != model_fingerprint(b, b, mod)
+    b.load_state_dict(a.state_dict())
+    assert fa == model_fingerprint(b, b, mod)  # same weights, same model
+    assert model_fingerprint(a, a, mod, "ckpt-1") == model_fingerprint(b, b, mod, lambda: "ckpt-1")
+    assert model_fingerprint(a, a, mod, "ckpt-1") != model_fingerprint(a, a, mod, "ckpt-2")
+    src = model_fingerprint(object(), object(), __import__("examples.toy_model", fromlist=["x"]))
+    assert src.startswith("source:")

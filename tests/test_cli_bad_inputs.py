@@ -79,6 +79,31 @@ def exit_later(device="cpu"):
     return Late(6, "exit")
 
 
+class BadAttribute(ToyModel):
+    @property
+    def vocab_size(self):
+        raise KeyError("vocab")
+
+
+def bad_attribute(device="cpu"):
+    return BadAttribute()
+
+
+class MetaModule(torch.nn.Module):
+    vocab_size = 512
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.empty(3, device="meta"))
+
+    def forward(self, tokens, images):
+        return torch.zeros(len(tokens), dtype=torch.long)
+
+
+def meta_module(device="cpu"):
+    return MetaModule()
+
+
 def interrupt_later(device="cpu"):
     import os
     return Late(int(os.environ.get("HOSTILE_AFTER", 6)), "interrupt")
@@ -296,6 +321,10 @@ CASES = [
      "record 1 (id 'ex0'): the model raised KeyError"),
     ("model: calls sys.exit(0) on its first call", lambda ws: _certify(ws, model=_model(ws, "exit_now")),
      "record 1 (id 'ex0'): the model called sys.exit(0)"),
+    ("model: an attribute that raises", lambda ws: _certify(ws, model=_model(ws, "bad_attribute")),
+     "--model: reading the model's vocab_size raised KeyError"),
+    ("model: weights that cannot be read (meta tensors)", lambda ws: _certify(ws, model=_model(ws, "meta_module")),
+     "--model: fingerprinting the model raised"),
     ("model: no such module", lambda ws: _certify(ws, model="no_such_pkg.mod:make"), "--model: importing 'no_such_pkg.mod'"),
     ("--device tpu", lambda ws: _certify(ws, "--device", "tpu"), "--device: "),
     ("--device cuda:99", lambda ws: _certify(ws, "--device", "cuda:99"), "--device: "),

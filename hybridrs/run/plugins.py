@@ -128,7 +128,10 @@ def load_model(spec: str, device: str = "cpu") -> Model:
         obj = call_user(factory, "--model", spec, device=device)
     else:
         obj = call_user(factory, "--model", spec)
-    get = (lambda k: obj.get(k)) if isinstance(obj, dict) else (lambda k: getattr(obj, k, None))
+    def get(key):
+        read = (lambda: obj.get(key)) if isinstance(obj, dict) else (lambda: getattr(obj, key, None))
+        return call_user(read, "--model", f"reading the model's {key}")
+
     classify = get("classify") if isinstance(obj, dict) else obj
     if not callable(classify):
         raise InputError(f"--model: {spec} must return a callable model(tokens, images) -> labels "
@@ -151,7 +154,8 @@ def load_model(spec: str, device: str = "cpu") -> Model:
             raise InputError(f"--model: the model's {key} must be a non-negative integer, got {val!r}")
         ints[key] = None if val is None else int(val)
     model = Model(classify=classify, encode=encode, alphabet=get("alphabet"), **ints)
-    model.fingerprint = model_fingerprint(obj, classify, module, get("fingerprint"))
+    model.fingerprint = call_user(model_fingerprint, "--model", "fingerprinting the model", obj, classify, module,
+                                  get("fingerprint"))
     return model
 
 
