@@ -4,7 +4,6 @@ independence, resume after a torn write, and clear errors (exit 2) on bad input.
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import subprocess
 import sys

@@ -457,7 +457,7 @@ def test_model_failing_after_some_rows(ws, capsys, factory, needle):
     out = ws / "res.csv"
     assert main(_certify(ws, model=_model(ws, factory))) == 2
     err = capsys.readouterr().err
-    assert f"record 3 (id 'ex2'): certifying it" in err and needle in err and err.count("\n") == 1
+    assert "record 3 (id 'ex2'): certifying it" in err and needle in err and err.count("\n") == 1
     lines = out.read_text().splitlines()
     assert len(lines) == 2 + 2 and out.read_text().endswith("\n")  # rows of records 1 and 2, complete
     assert not out.with_name("res.csv.lock").exists()

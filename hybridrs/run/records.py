@@ -162,7 +162,7 @@ def read_records(path: str | os.PathLike, model: Model | None = None, *, image_r
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{str(path)!r}: cannot read the input file: {exc.strerror or exc}") from None
-    records, seen, seen_keys = [], {}, {}
+    records, seen = [], {}
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark
