@@ -177,7 +177,7 @@ def model_fingerprint(obj, classify, module, given=None) -> str:
     h = hashlib.sha256()
     kind = "source"
     try:
-        src = inspect.getsourcefile(module) or getattr(module, "__file__", None)
+        src = inspect.getsourcefile(module) or getattr(getattr(module, "__spec__", None), "origin", None)
         h.update(Path(src).read_bytes() if src else repr(module).encode())
     except (TypeError, OSError):
         h.update(repr(module).encode())
