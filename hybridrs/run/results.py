@@ -14,7 +14,8 @@ keys each row on the record's content (token ids, image pixels, label) and the s
 
 Guarantees: a file that does not start with ``#hybridrs-results`` is never written to (not even
 truncated); one writer per file, enforced with a lock on ``<results>.lock`` taken before the file
-exists (the lock file is removed when the run ends); a new file appears atomically with its
+exists (the lock file is removed when the run ends; one left behind by a killed run is harmless, the
+lock being held by a live process, not by the file); a new file appears atomically with its
 header; each row is one ``write`` followed by ``fsync``; a write that fails (full disk) is undone
 (the file is cut back to its last complete row).  On resume, only a last line without its newline
 (a write cut by a crash) is dropped — with a note — and redone; any other unreadable line, a
