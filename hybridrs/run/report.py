@@ -85,7 +85,8 @@ def certified_accuracy_table(df, radii: Sequence[float]):
 
 
 def _title(path: Path, n_rows: int, s: dict) -> str:
-    draws = (f"sequential, max n = {s.get('max_n')}" if s.get("sequential") else f"n = {s.get('n')}")
+    draws = (f"sequential, max n = {s.get('max_n')}" if s.get("sequential") else f"n = {s.get('n')}"
+             + (" per d" if s.get("threat") == "suffix" else ""))
     sigma = s.get("sigma")
     return (f"{path.name}: {n_rows} inputs, {s.get('threat')} threat, {s.get('kernel')} kernel\n"
             f"σ = {sigma:g}{' (text only)' if sigma == 0 else ''}, β = {s.get('beta'):g}, τ = {s.get('tau'):g}, "
