@@ -160,7 +160,7 @@ def noisy_batch(tokens: list[torch.Tensor], images: torch.Tensor, cfg: FilterCon
     way the image gets N(0, s²I), s ~ U(0, σ_max).  ``keep_text`` > 0: MMCert's sub-sampling
     (``hybridrs.baselines.mmcert.ablate``) instead, no other noise.
     """
-    from hybridrs.data.pairs import pad
+    from hybridrs.data.tokens import pad
 
     b = len(tokens)
     y = None if labels is None else labels.clone()
@@ -226,7 +226,7 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
     noise (:func:`noisy_batch`) plus ``aux_weight`` × the auxiliary heads' cross-entropies; returns
     (model in eval mode, per-epoch mean losses).  Deterministic on CPU for a given seed and thread
     count; the weights are rounded to float16 at the end, as the cached file stores them."""
-    from hybridrs.data.pairs import filler_id, usable_ids
+    from hybridrs.data.tokens import filler_id, usable_ids
 
     if len(train_set) < 2:
         raise ValueError("train_set must hold at least two pairs")
@@ -308,7 +308,7 @@ def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | 
 @torch.inference_mode()
 def clean_accuracy(model: FusionFilter, ps, batch_size: int = 512) -> float:
     """Accuracy of the base filter on clean pairs (suffix of fillers appended, as certified)."""
-    from hybridrs.data.pairs import pad, with_suffix
+    from hybridrs.data.tokens import pad, with_suffix
 
     pred = []
     for st in range(0, len(ps), batch_size):
