@@ -20,6 +20,7 @@ from torch import nn
 
 from hybridrs.kernels import UniformKernel
 from hybridrs.smoothing import HybridSmooth
+from hybridrs.threats import L0
 
 V, L = 30522, 32
 
@@ -54,7 +55,7 @@ def main() -> None:
     runs = {"image-only RS": [], "hybrid RS (l0, d = 0..8)": []}
     for rep in range(args.repeats + 1):
         for name, smoother in (("image-only RS", image_only), ("hybrid RS (l0, d = 0..8)", hybrid)):
-            cert = smoother.certify(tokens, image, args.n, alpha=0.01, tau=4.6e-5, d_max=8, seed=rep)
+            cert = smoother.certify(tokens, image, args.n, alpha=0.01, tau=4.6e-5, threat=L0(8), seed=rep)
             if rep > 0:  # the first round warms up
                 runs[name].append((cert.seconds_sampling, cert.seconds_certify))
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "

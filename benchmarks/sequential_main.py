@@ -8,7 +8,7 @@ uniform kernel over the usable WordPiece ids (β = 0.25) and Gaussian image nois
 Each input is certified for the target (d, ε):
 
 * fixed: n = 10^4 draws, certified iff r*(d) ≥ ε from the Clopper–Pearson bound (the paper's protocol);
-* sequential: ``hybridrs.sequential.certify_sequential`` with a cap of 10^4 draws.
+* sequential: ``HybridSmooth.certify`` with the ``Sequential`` estimator, capped at 10^4 draws.
 
 Both are valid at level α = 0.01 (τ = 4.6e-5).  Prints draws per input and certified fraction.
 """
@@ -25,8 +25,9 @@ import torch
 from hybridrs.data import pairs as data
 from hybridrs.models import fusion as models
 from hybridrs.kernels import UniformKernel
-from hybridrs.sequential import certify_sequential
+from hybridrs.estimators import FixedN, Sequential
 from hybridrs.smoothing import HybridSmooth
+from hybridrs.threats import L0
 
 ALPHA, BETA, TAU, N = 0.01, 0.25, 4.6e-5, 10_000
 
@@ -53,12 +54,12 @@ def main() -> None:
     for i in idx:
         tokens, image = test.tokens[i], test.images[i]
         t0 = time.perf_counter()
-        c = smoother.certify(tokens, image, N, alpha=ALPHA, tau=TAU, d_max=args.d, seed=int(i))
+        c = smoother.certify(tokens, image, threat=L0(args.d), estimator=FixedN(N, ALPHA), tau=TAU, seed=int(i))
         t1 = time.perf_counter()
-        s = certify_sequential(smoother, tokens, image, d=args.d, eps=args.eps, alpha=ALPHA, tau=TAU,
-                               d_max=args.d, seed=int(i) + 1_000_000, max_n=N)
+        s = smoother.certify(tokens, image, threat=L0(args.d), tau=TAU, seed=int(i) + 1_000_000,
+                             estimator=Sequential(ALPHA, target_d=args.d, target_eps=args.eps, max_n=N))
         t2 = time.perf_counter()
-        fixed_ok.append(c.radii[args.d] >= args.eps)
+        fixed_ok.append(c.certified(args.d, args.eps))
         seq_ok.append(s.extra["decision"] == "certified")
         undecided += s.extra["decision"] == "undecided"
         seq_n.append(s.n)

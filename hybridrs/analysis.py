@@ -30,34 +30,42 @@ def _as_float_1d(values, name: str) -> np.ndarray:
     return arr
 
 
-def certified_accuracy_curve(radii, correct, eps_grid) -> np.ndarray:
-    """CRA(ε) = mean over inputs of [correct_i and r_i ≥ ε], for every ε in ``eps_grid``.
+def certified_accuracy(radii, correct, eps):
+    """CRA(ε) = (1/N) · #{i : correct_i and r_i ≥ ε} — the one certified-accuracy function.
+
+    Cohen, Rosenfeld and Kolter (2019, §4): the share of inputs classified correctly *and*
+    certified at radius ε.  Used for every method in the book (Lipschitz margins, randomized
+    smoothing, the hybrid certificate at a fixed text budget) and by ``hybridrs report``.
 
     Parameters
     ----------
-    radii: certified radius of each input; −inf (or any negative value) marks an abstention or an
-        uncertified input, which never counts as certified, not even at ε = 0.
-    correct: whether each input's (non-abstained) prediction equals its label (bool or 0/1).
-    eps_grid: radii ε ≥ 0 at which to evaluate the curve (any order).
-
-    Returns an array of ``len(eps_grid)`` fractions in [0, 1]; non-increasing in ε.
+    radii: certified radius of each input.  −inf, any negative value or NaN means "not certified"
+        (an abstention, a failed certificate, or a stage that was not run), which never counts, not
+        even at ε = 0; a radius of exactly 0 counts at ε = 0 only.
+    correct: whether each input's prediction equals its label (bool or 0/1); ``None`` when every
+        input is certified for its true class (e.g. the protected class of a safety filter).
+    eps: one radius ε ≥ 0 (returns a float) or several (returns an array, one share per ε).
     """
-    r = _as_float_1d(radii, "radii")
-    c = np.asarray(correct)
-    if c.ndim != 1 or c.shape != r.shape:
-        raise ValueError(f"correct must be 1-D with the shape of radii {r.shape}, got {c.shape}")
-    if c.dtype != bool:
-        if not np.isin(c, (0, 1)).all():
-            raise ValueError("correct must hold booleans or 0/1 values")
-        c = c.astype(bool)
-    if r.size == 0:
-        raise ValueError("radii is empty: a certified accuracy needs at least one input")
-    eps = _as_float_1d(np.atleast_1d(eps_grid), "eps_grid")
-    if (eps < 0).any():
-        raise ValueError(f"eps_grid must be >= 0, got {eps.min()!r}")
-    # An abstention carries a negative radius; requiring r ≥ 0 keeps it out even at ε = 0.
+    r = np.asarray(radii, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0:
+        raise ValueError(f"radii must be a non-empty 1-D array of numbers, got shape {r.shape}")
+    if correct is None:
+        c = np.ones(r.shape, dtype=bool)
+    else:
+        c = np.asarray(correct)
+        if c.shape != r.shape:
+            raise ValueError(f"correct must be 1-D with the shape of radii {r.shape}, got {c.shape}")
+        if c.dtype != bool:
+            if not np.isin(c, (0, 1)).all():
+                raise ValueError("correct must hold booleans or 0/1 values")
+            c = c.astype(bool)
+    e = np.asarray(eps, dtype=np.float64)
+    if np.isnan(e).any() or (e < 0).any():
+        raise ValueError(f"eps must be >= 0 with no NaN, got {eps!r}")
+    # A negative radius marks an abstention; r >= 0 keeps it out even at ε = 0 (NaN compares False).
     ok = c & (r >= 0)
-    return (ok[None, :] & (r[None, :] >= eps[:, None])).mean(axis=1)
+    res = (ok[None, :] & (r[None, :] >= e.reshape(-1, 1))).mean(axis=1)
+    return float(res[0]) if e.ndim == 0 else res
 
 
 def plot_certified_accuracy(ax, eps_grid, curves: Mapping[str, np.ndarray], *, title: str | None = None):

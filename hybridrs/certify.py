@@ -59,6 +59,23 @@ def cohen_radius(p_a, sigma: float, tau: float = 0.5):
     return float(r) if r.ndim == 0 else r
 
 
+
+def cohen_required_p_a(eps: float, sigma: float, tau: float = 0.5) -> float:
+    """The smallest p_A whose Cohen radius σ(Φ⁻¹(p_A) − Φ⁻¹(τ)) reaches ε: Φ(ε/σ + Φ⁻¹(τ)), rounded
+    up by 1e-12 relative so that :func:`cohen_radius` at the returned value is ≥ ε; inf if none ≤ 1."""
+    eps = v.nonnegative(eps, "eps")
+    sigma = v.positive(sigma, "sigma")
+    tau = v.open_unit(tau, "tau")
+    p = float(ndtr(eps / sigma + float(ndtri(tau))))
+    if not p < 1:
+        return math.inf
+    step = max(p * 1e-12, 1e-15)
+    for _ in range(40):
+        if cohen_radius(p, sigma, tau) >= eps:
+            return p
+        p, step = min(p + step, 1.0), 4 * step
+    return math.inf
+
 # --------------------------------------------------------------------------------------------
 # Groups as rows: every problem (p_A, adversary) carries its own padded row of groups, so that one
 # vectorised solve handles all text budgets d and adversaries at once.

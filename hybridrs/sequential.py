@@ -39,9 +39,7 @@ stop early, see ``benchmarks/sequential.py``.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,7 +47,6 @@ import numpy as np
 from scipy.special import betaln
 
 from hybridrs import _validate as v
-from hybridrs.certify import required_p_a
 
 CERTIFIED, REFUTED, UNDECIDED = "certified", "refuted", "undecided"
 
@@ -188,60 +185,3 @@ def sequential_test(draw: Callable[[int, int], int], p_required: float, alpha: f
         if upper < p_req:
             return SequentialResult(REFUTED, n, k, lower, upper, p_req, j + 1)
     return SequentialResult(UNDECIDED, n, k, lower, upper, p_req, len(sizes))
-
-
-def batch_seed(seed: int, index: int) -> int:
-    """Seed of batch ``index`` for an input whose seed is ``seed`` (distinct streams per batch)."""
-    h = hashlib.blake2b(f"{int(seed)}/{int(index)}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 62) - 1)
-
-
-def certify_sequential(smoother, tokens, image, *, d: int, eps: float, alpha: float = 0.01,
-                       tau: float = 0.5, d_max: int = 8, seed: int = 0, mask=None,
-                       max_n: int = 100_000, first_batch: int = 100, growth: float = 2.0,
-                       prior: tuple[float, float] = (1.0, 1.0)):
-    """Sequential version of ``HybridSmooth.certify`` for a target (d, ε).
-
-    Draws batches (batch j seeded with ``batch_seed(seed, j)``) until the confidence sequence
-    decides whether p ≥ required_p_a(kernel, d, ε, σ, τ), then computes the whole frontier from the
-    lower end L of the confidence sequence at the stopping time, a valid level-α lower bound on p
-    (module docstring).  Returns a ``Certificate`` whose ``p_a`` is L, ``n`` the draws made, and
-    ``extra`` holds the decision and the interval.  Requires a text kernel and σ (hybrid) or a
-    kernel alone (text-only, ε must be 0); image-only smoothing uses d = 0.
-    """
-    from hybridrs.smoothing import Certificate
-
-    alpha = v.open_unit(alpha, "alpha")
-    tau = v.open_unit(tau, "tau")
-    d = v.integer(d, "d")
-    d_max = v.integer(d_max, "d_max")
-    eps = v.nonnegative(eps, "eps")
-    kernel, sigma = smoother.kernel, smoother.sigma
-    if kernel is not None and d > d_max:
-        raise ValueError(f"the target d = {d} exceeds d_max = {d_max}")
-    if sigma is None and eps > 0:
-        raise ValueError("eps > 0 needs image smoothing (sigma); text-only smoothing certifies eps = 0 only")
-    if kernel is None:
-        if d != 0:
-            raise ValueError("image-only smoothing (no kernel) certifies d = 0 only")
-        from scipy.special import ndtr, ndtri
-        p_req = float(ndtr(eps / sigma + float(ndtri(tau))))  # Cohen: σ(Φ⁻¹(p) − Φ⁻¹(τ)) ≥ ε
-        p_req = min(1.0, p_req * (1 + 1e-12)) if p_req < 1 else math.inf
-    else:
-        p_req = required_p_a(kernel, d, eps, 1.0 if sigma is None else sigma, tau)
-
-    def draw(size: int, j: int) -> int:
-        return smoother.count(tokens, image, size, seed=batch_seed(seed, j), mask=mask)
-
-    t0 = time.perf_counter()
-    res = sequential_test(draw, p_req, alpha, max_n=max_n, first_batch=first_batch, growth=growth,
-                          prior=prior)
-    t1 = time.perf_counter()
-    p_a = res.lower
-    radii = smoother.radii(p_a, tau, d_max)
-    t2 = time.perf_counter()
-    return Certificate(n=res.n, count=res.count, p_a=p_a, radii=radii, sigma=sigma, tau=tau, alpha=alpha,
-                       seconds_sampling=t1 - t0, seconds_certify=t2 - t1,
-                       extra={"decision": res.decision, "upper": res.upper, "p_required": p_req,
-                              "target_d": d, "target_eps": eps, "batches": res.batches})
-

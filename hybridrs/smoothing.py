@@ -2,13 +2,22 @@
 
 ``HybridSmooth`` smooths a binary base classifier f(tokens, image) ∈ {0, 1} (1 = the protected
 class, e.g. "unsafe") with text noise Z_s ~ K(· | s) and image noise Z_v = v + σ·N(0, I) drawn
-together in batches on the classifier's device.  ``GaussianSmooth`` is Cohen et al.'s two-stage
-image-only smoothing for multi-class models, with abstention.
+together in batches on the classifier's device.  Its one certification call,
+
+    HybridSmooth(f, sigma=σ, kernel=K).certify(tokens, image, threat=..., estimator=..., tau=τ, seed=s)
+
+takes the **threat** (:mod:`hybridrs.threats`: ℓ0 over chosen positions, append-only suffix per d,
+shared-D) and the **estimator** (:mod:`hybridrs.estimators`: fixed-n Clopper–Pearson, sequential
+confidence sequence) as objects, samples (``count``), estimates p_A, and computes the bound
+(:mod:`hybridrs.certify`).  Every caller — the chapters, the command line, the Ray workers, the
+benchmarks — certifies through it.  ``GaussianSmooth`` is Cohen et al.'s two-stage image-only
+smoothing for multi-class models, with abstention.
 
 Guarantee of ``HybridSmooth.certify`` (Delattre et al. 2026): with probability at least 1 − α over
-the Monte Carlo draws, for every d ≤ d_max with r*(d) ≥ 0, every s' with at most d token changes and
-every v' with ‖v' − v‖₂ ≤ r*(d) satisfy P[f(Z') = 1] ≥ τ, where Z' is the smoothing noise around
-(s', v').  p_A is the one-sided Clopper–Pearson lower bound on P[f(Z) = 1] from n fresh draws.
+the Monte Carlo draws, for every text budget d with ``cert.certified(d, ε)``, every s' within the
+threat's d token changes of s and every v' with ‖v' − v‖₂ ≤ ε satisfy P[f(Z') = 1] ≥ τ, where Z' is
+the smoothing noise around (s', v').  (With several estimates and ``familywise=False``, each budget's
+statement holds at 1 − α on its own; see :mod:`hybridrs.estimators`.)
 """
 
 from __future__ import annotations
@@ -22,41 +31,90 @@ from scipy.stats import binomtest
 
 from hybridrs import _validate as v
 from hybridrs._progress import progress_bar
-from hybridrs.certify import cohen_radius, frontier, worst_case
+from hybridrs.certify import cohen_radius, cohen_required_p_a, frontier, required_p_a, worst_case
+from hybridrs.estimators import FixedN, Sequential
+from hybridrs.seeds import input_seed
 from hybridrs.stats import clopper_pearson_lower
+from hybridrs.threats import L0
+
+__all__ = ["ABSTAIN", "Certificate", "GaussianSmooth", "HybridSmooth", "input_seed"]
 
 ABSTAIN = -1
 
 
 @dataclass
 class Certificate:
-    """Result of one hybrid certification.
+    """Result of one hybrid certification; the one place that says what "certified" means.
 
-    ``radii[d]`` is r*(d) for d = 0..d_max: the certified image ℓ2 radius at text budget d, −inf
-    when (d, 0) is not certified and 0.0 when only ε = 0 is.
+    ``radii[d]`` is r*(d) for d = 0..D, the certified image ℓ2 radius at text budget d: −inf when
+    (d, 0) is not certified, 0.0 when only ε = 0 is, NaN when the stage that would certify d was not
+    run (the per-d protocol stops at its first failure).  ``p_a[d]`` is the lower confidence bound
+    that certified budget d; ``counts``, ``draws`` and ``p_a_per_stage`` are per Monte Carlo stage.
     """
 
-    n: int
-    count: int
-    p_a: float
+    threat: str
     radii: np.ndarray
+    p_a: np.ndarray
+    counts: list
+    draws: list
+    p_a_per_stage: list
     sigma: float | None
     tau: float
     alpha: float
+    alpha_per_stage: float
     seconds_sampling: float
     seconds_certify: float
     extra: dict = field(default_factory=dict)
 
     @property
+    def n(self) -> int:
+        """Forward passes spent (all stages)."""
+        return int(sum(self.draws))
+
+    @property
+    def count(self) -> int:
+        """Positive draws (all stages)."""
+        return int(sum(self.counts))
+
+    @property
+    def d_max(self) -> int:
+        """The largest text budget this certificate speaks of (D)."""
+        return len(self.radii) - 1
+
+    def certified(self, d: int, eps: float = 0.0) -> bool:
+        """Whether (d, ε) is certified: p_adv(d, ε) ≥ τ, i.e. r*(d) ≥ ε (never for −inf or NaN)."""
+        d = v.integer(d, "d")
+        eps = v.nonnegative(eps, "eps")
+        return d <= self.d_max and bool(self.radii[d] >= eps)
+
+    def budget(self, eps: float = 0.0, strict: bool = False) -> int:
+        """Certified text budget at image radius ε: the largest d such that every d' ≤ d is
+        certified at (d', ε); with ``strict``, r*(d') > ε is required (at ε = 0 this is the released
+        code's ``d_cert``: some positive image radius at every d' ≤ d).  −1 when d = 0 fails."""
+        eps = v.nonnegative(eps, "eps")
+        ok = (self.radii > eps) if strict else (self.radii >= eps)
+        return int(np.logical_and.accumulate(ok).sum()) - 1
+
+    @property
     def d_certified(self) -> int:
-        """Largest d whose (d, 0) is certified (−1 when none is)."""
-        ok = np.flatnonzero(self.radii >= 0)
-        return int(ok.max()) if ok.size else -1
+        """``budget(0.0)``: the largest d whose (d', 0) is certified for every d' ≤ d (−1 if none)."""
+        return self.budget(0.0)
+
+    def as_row(self) -> dict:
+        """A flat record: threat, n, count, p_a (of budget 0), r_0..r_D, d_certified, timings, extra."""
+        row = {"threat": self.threat, "n": self.n, "count": self.count, "p_a": float(self.p_a[0])}
+        row.update({f"r_{d}": float(r) for d, r in enumerate(self.radii)})
+        row.update(d_certified=self.d_certified, seconds_sampling=self.seconds_sampling,
+                   seconds_certify=self.seconds_certify)
+        row.update(self.extra)
+        return row
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out["radii"] = [float(r) for r in self.radii]
+        out["p_a"] = [float(p) for p in self.p_a]
         out["d_certified"] = self.d_certified
+        out["n"], out["count"] = self.n, self.count
         return out
 
 
@@ -95,12 +153,13 @@ class HybridSmooth:
     Parameters
     ----------
     base: ``f(tokens, images) -> labels``: tokens a LongTensor (b, L) or None, images a float tensor
-        (b, *image_shape) or None; returns b labels in {0, 1} (bool or integer).
+        (b, *image_shape) or None; returns b labels in {0, 1} (bool or integer), on any device.
     sigma: Gaussian noise level on the image, in the pixel units the certificate speaks of (noise is
         added before any normalisation inside ``base``); None for text-only smoothing.
     kernel: discrete text kernel (``UniformKernel``, ``AbsorbingKernel``, ...); None for image-only.
     batch_size: noisy copies per forward pass.
-    device: where noise is drawn and ``base`` runs (default: the device of ``base``'s parameters).
+    device: where noise is drawn and ``base`` runs (default: the device of ``base``'s parameters;
+        a base classifier that is not an ``nn.Module`` runs on the CPU unless this says otherwise).
     progress: show a tqdm bar while sampling.
     """
 
@@ -132,15 +191,19 @@ class HybridSmooth:
 
     @torch.no_grad()
     def count(self, tokens, image, n: int, *, seed: int = 0, mask=None) -> int:
-        """Number of the n noisy copies that ``base`` labels 1.
+        """Number of the n noisy copies that ``base`` labels 1 (sampling alone, no bound).
 
-        Text and image noise are drawn from one seeded generator, batch by batch, so the same seed
-        gives the same count.  ``mask`` limits the text noise to some positions (suffix threats).
+        Text and image noise are drawn from one seeded generator on ``device``, batch by batch, so
+        the same seed, batch size and device give the same count.  ``mask`` limits the text noise
+        to some positions.  Counts accumulate on the device: the host reads them once, at the end.
         """
         n = v.integer(n, "n", minimum=1)
         tokens, image = self._inputs(tokens, image)
+        if mask is not None:
+            mask = torch.as_tensor(mask).to(self.device)
         gen = _generator(seed, self.device)
-        total = 0
+        total = torch.zeros((), dtype=torch.long, device=self.device)
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
         bar = progress_bar(total=n, show=self.progress, desc="sampling", unit="draw", leave=False)
         remaining = n
         while remaining > 0:
@@ -158,13 +221,15 @@ class HybridSmooth:
             labels = torch.as_tensor(self.base(noisy_t, noisy_v))
             if labels.shape != (b,):
                 raise ValueError(f"base returned shape {tuple(labels.shape)}, expected ({b},)")
-            if ((labels != 0) & (labels != 1)).any():
-                raise ValueError("base must return labels in {0, 1} (1 = the protected class)")
-            total += int((labels == 1).sum().item())
+            labels = labels.to(self.device)
+            bad |= ((labels != 0) & (labels != 1)).any()
+            total += (labels == 1).sum()
             remaining -= b
             bar.update(b)
         bar.close()
-        return total
+        if bool(bad):
+            raise ValueError("base must return labels in {0, 1} (1 = the protected class)")
+        return int(total)
 
     def radii(self, p_a: float, tau: float, d_max: int) -> np.ndarray:
         """The certificate from a lower bound p_A: r*(d) for d = 0..d_max of this smoothing.
@@ -179,72 +244,77 @@ class HybridSmooth:
             return np.where(np.logical_and.accumulate(ok), 0.0, -np.inf)
         return frontier(p_a, self.kernel, d_max, self.sigma, tau)
 
-    def certify(self, tokens, image, n: int, *, alpha: float = 0.01, tau: float = 0.5, d_max: int = 8,
-                seed: int = 0, mask=None) -> Certificate:
-        """Estimate p_A from n draws and certify the whole (d, ε) frontier from it.
-
-        One Monte Carlo run serves every d: the ℓ0 threat's kernel does not depend on d, so r*(d)
-        for d = 0..d_max follows from the same p_A (the certificate, not the sampling, loops over d).
-        Image-only smoothing (no kernel) gives Cohen's radius in ``radii[0]`` and d_max is set to 0.
-        """
-        alpha = v.open_unit(alpha, "alpha")
-        tau = v.open_unit(tau, "tau")
-        d_max = v.integer(d_max, "d_max")
-        t0 = time.perf_counter()
-        k = self.count(tokens, image, n, seed=seed, mask=mask)
-        t1 = time.perf_counter()
-        p_a = float(clopper_pearson_lower(k, n, alpha))
-        radii = self.radii(p_a, tau, d_max)
-        t2 = time.perf_counter()
-        return Certificate(n=n, count=k, p_a=p_a, radii=radii, sigma=self.sigma, tau=tau, alpha=alpha,
-                           seconds_sampling=t1 - t0, seconds_certify=t2 - t1)
-
-
-    def certify_suffix(self, tokens, image, n: int, *, m: int = 8, filler_id: int, alpha: float = 0.01,
-                       tau: float = 0.5, shared: bool = False, seed: int = 0) -> Certificate:
-        """Certify the append-only suffix threat: a suffix of up to m tokens.
-
-        The input is padded to s ∥ cᵐ (filler c); a suffix of length d overwrites the first d
-        filler slots (Delattre et al. 2026, released code).  Two protocols:
-
-        * per-d (``shared=False``): for each d = 1..m the kernel noises only the first d slots, so
-          p_A is re-estimated for every d (m Monte Carlo runs, n draws each);
-        * shared-D (``shared=True``): all m slots are noised once and every d ≤ m is certified
-          from one p_A (one run; radii are somewhat smaller since more positions are noised).
-
-        ``radii[d]`` is r*(d) for d = 0..m; ``extra`` holds the per-d counts and p_A values.
-        """
-        m = v.integer(m, "m", minimum=1)
+    def required_p_a(self, d: int, eps: float, tau: float) -> float:
+        """The smallest p_A that certifies (d, ε) with this smoothing (inf if none does)."""
         if self.kernel is None:
-            raise ValueError("certify_suffix needs a text kernel")
-        alpha = v.open_unit(alpha, "alpha")
+            if d != 0:
+                raise ValueError("image-only smoothing (no kernel) certifies d = 0 only")
+            return cohen_required_p_a(eps, self.sigma, tau)
+        if self.sigma is None and eps > 0:
+            raise ValueError("eps > 0 needs image smoothing (sigma); text-only smoothing certifies eps = 0 only")
+        return required_p_a(self.kernel, d, eps, 1.0 if self.sigma is None else self.sigma, tau)
+
+    def certify(self, tokens, image, n: int | None = None, *, alpha: float = 0.01, tau: float = 0.5,
+                threat=None, estimator=None, seed: int = 0) -> Certificate:
+        """Certify one input against ``threat`` with ``estimator`` (module docstring).
+
+        ``threat``: :class:`~hybridrs.threats.L0` (default, d_max = 8), ``Suffix(m, filler_id)``
+        per-d or ``shared=True``; ignored for image-only smoothing (budget 0 only).
+        ``estimator``: :class:`~hybridrs.estimators.FixedN` or ``Sequential``; ``n`` and ``alpha``
+        are the shorthand for ``FixedN(n, alpha)``.  Stage k of a threat with several stages draws
+        from ``input_seed(seed, "stage", k)``, a one-stage threat from ``seed`` itself.
+
+        Returns a :class:`Certificate` whose radii cover d = 0..threat.d_max.
+        """
         tau = v.open_unit(tau, "tau")
-        tokens, _ = self._inputs(tokens, image)
-        filler = torch.full((m,), v.integer(filler_id, "filler_id"), dtype=tokens.dtype, device=tokens.device)
-        padded = torch.cat([tokens, filler])
-        L = tokens.numel()
-        if shared:
-            mask = torch.zeros(L + m, dtype=torch.bool, device=tokens.device)
-            mask[L:] = True
-            cert = self.certify(padded, image, n, alpha=alpha, tau=tau, d_max=m, seed=seed, mask=mask)
-            cert.extra.update(threat="suffix-shared", counts=[cert.count], p_a_per_d=[cert.p_a])
-            return cert
-        radii, counts, p_as = [], [], []
+        if estimator is None:
+            if n is None:
+                raise ValueError("give n (draws) or an estimator")
+            estimator = FixedN(n, alpha)
+        elif n is not None:
+            raise ValueError("give either n (with alpha) or an estimator, not both")
+        if self.kernel is None:
+            threat = L0(d_max=0)
+        elif threat is None:
+            threat = L0()
+        tokens, image = self._inputs(tokens, image)
+        if tokens is not None:
+            tokens = threat.prepare(tokens)
+        stages = threat.stages(tokens.numel() if tokens is not None else 0, device=self.device)
+        sequential = isinstance(estimator, Sequential)
+        if sequential and estimator.target_d > threat.d_max:
+            raise ValueError(f"the target d = {estimator.target_d} exceeds the threat's d_max = {threat.d_max}")
+        if len(stages) > 1 and sequential:
+            raise ValueError(f"the {threat.name} threat needs one estimate per d; sequential estimation "
+                             "supports one-stage threats (l0, suffix-shared, image-only)")
+        D = threat.d_max
+        alpha_stage = estimator.stage_alpha(len(stages))
+        radii = np.full(D + 1, np.nan)
+        p_as = np.full(D + 1, np.nan)
+        counts, draws, stage_p, extra = [], [], [], {}
         t_sample = t_cert = 0.0
-        for d in range(1, m + 1):
-            mask = torch.zeros(L + m, dtype=torch.bool, device=tokens.device)
-            mask[L:L + d] = True
-            c = self.certify(padded, image, n, alpha=alpha, tau=tau, d_max=d, seed=seed + d, mask=mask)
-            if d == 1:
-                radii.append(c.radii[0])
-            radii.append(c.radii[d])
-            counts.append(c.count)
-            p_as.append(c.p_a)
-            t_sample += c.seconds_sampling
-            t_cert += c.seconds_certify
-        return Certificate(n=n, count=counts[0], p_a=p_as[0], radii=np.array(radii), sigma=self.sigma, tau=tau,
-                           alpha=alpha, seconds_sampling=t_sample, seconds_certify=t_cert,
-                           extra={"threat": "suffix-per-d", "counts": counts, "p_a_per_d": p_as})
+        for k, stage in enumerate(stages):
+            stage_seed = seed if len(stages) == 1 else input_seed(seed, "stage", k)
+            p_req = self.required_p_a(estimator.target_d, estimator.target_eps, tau) if sequential else None
+            t0 = time.perf_counter()
+            est = estimator.estimate(lambda size, s: self.count(tokens, image, size, seed=s, mask=stage.mask),
+                                     stage_seed, alpha_stage, p_req)
+            t1 = time.perf_counter()
+            r = self.radii(est.p_a, tau, max(stage.budgets))
+            t_cert += time.perf_counter() - t1
+            t_sample += t1 - t0
+            for d in stage.budgets:
+                radii[d], p_as[d] = r[d], est.p_a
+            counts.append(est.count)
+            draws.append(est.n)
+            stage_p.append(est.p_a)
+            extra.update(est.extra)
+            if threat.stop_early and not (r[max(stage.budgets)] >= 0):
+                break
+        return Certificate(threat=threat.name if self.kernel is not None else "image-only", radii=radii,
+                           p_a=p_as, counts=counts, draws=draws, p_a_per_stage=stage_p, sigma=self.sigma, tau=tau,
+                           alpha=estimator.alpha, alpha_per_stage=alpha_stage, seconds_sampling=t_sample,
+                           seconds_certify=t_cert, extra=extra)
 
 
 class GaussianSmooth:
@@ -275,23 +345,26 @@ class GaussianSmooth:
         x = _check_image(x, self.device)
         gen = _generator(seed, self.device)
         out = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
         remaining = n
         bar = progress_bar(total=n, show=self.progress, desc="sampling", unit="draw", leave=False)
         while remaining > 0:
             b = min(self.batch_size, remaining)
             noise = torch.randn((b, *x.shape), generator=gen, device=self.device, dtype=x.dtype)
-            pred = torch.as_tensor(self.base(x.expand(b, *x.shape) + self.sigma * noise))
+            pred = torch.as_tensor(self.base(x.expand(b, *x.shape) + self.sigma * noise)).to(self.device)
             if pred.shape == (b, self.num_classes):
                 pred = pred.argmax(dim=1)
             elif pred.shape != (b,) or pred.dtype.is_floating_point:
                 raise ValueError(f"base must return ({b}, {self.num_classes}) logits or ({b},) integer labels, "
                                  f"got shape {tuple(pred.shape)} and dtype {pred.dtype}")
-            elif ((pred < 0) | (pred >= self.num_classes)).any():
-                raise ValueError(f"base returned labels outside 0..{self.num_classes - 1}")
-            out += torch.bincount(pred.long(), minlength=self.num_classes)
+            # Checked once at the end: a per-batch check would make the host wait for every batch.
+            bad |= ((pred < 0) | (pred >= self.num_classes)).any()
+            out += torch.bincount(pred.long().clamp(0, self.num_classes - 1), minlength=self.num_classes)
             remaining -= b
             bar.update(b)
         bar.close()
+        if bool(bad):
+            raise ValueError(f"base returned labels outside 0..{self.num_classes - 1}")
         return out.cpu().numpy()
 
     def predict(self, x, n: int, alpha: float, *, seed: int = 0) -> int:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridrs.analysis import certified_accuracy_curve, plot_certified_accuracy
+from hybridrs.analysis import certified_accuracy, plot_certified_accuracy
 
 
 def _brute(radii, correct, eps_grid):
@@ -29,7 +29,7 @@ def _brute(radii, correct, eps_grid):
 def test_small_example_by_hand():
     radii = [0.3, 1.2, -np.inf, 0.0, 0.7]
     correct = [True, True, True, True, False]
-    got = certified_accuracy_curve(radii, correct, [0.0, 0.3, 0.5, 1.2, 2.0])
+    got = certified_accuracy(radii, correct, [0.0, 0.3, 0.5, 1.2, 2.0])
     # ε = 0: inputs 0, 1, 3 (2 abstains, 4 is wrong); ε = 0.3: 0, 1; 0.5: 1; 1.2: 1 (≥ is inclusive).
     np.testing.assert_allclose(got, [3 / 5, 2 / 5, 1 / 5, 1 / 5, 0.0])
 
@@ -37,13 +37,13 @@ def test_small_example_by_hand():
 def test_abstention_counts_as_wrong_even_if_flagged_correct():
     # An abstention is stored with radius −inf (smoothing.py) or a negative number; it must never
     # count, whatever its `correct` flag says.
-    got = certified_accuracy_curve([-np.inf, -1.0, 0.5], [True, True, True], [0.0])
+    got = certified_accuracy([-np.inf, -1.0, 0.5], [True, True, True], [0.0])
     assert got[0] == pytest.approx(1 / 3)
 
 
 def test_eps_grid_order_is_respected():
     radii, correct = [0.2, 0.8], [True, True]
-    np.testing.assert_allclose(certified_accuracy_curve(radii, correct, [1.0, 0.0, 0.5]), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(certified_accuracy(radii, correct, [1.0, 0.0, 0.5]), [0.0, 1.0, 0.5])
 
 
 @settings(max_examples=60, deadline=None)
@@ -54,21 +54,29 @@ def test_eps_grid_order_is_respected():
 def test_matches_brute_force_and_is_monotone(pairs, eps):
     radii = [p[0] for p in pairs]
     correct = [p[1] for p in pairs]
-    got = certified_accuracy_curve(radii, correct, eps)
+    got = certified_accuracy(radii, correct, eps)
     np.testing.assert_allclose(got, _brute(radii, correct, eps))
     order = np.argsort(eps, kind="stable")
     assert np.all(np.diff(got[order]) <= 1e-15)
 
 
 def test_accepts_zero_one_correct():
-    np.testing.assert_allclose(certified_accuracy_curve([1.0, 1.0], np.array([1, 0]), [0.5]), [0.5])
+    np.testing.assert_allclose(certified_accuracy([1.0, 1.0], np.array([1, 0]), [0.5]), [0.5])
+
+
+def test_nan_and_negative_radii_never_count():
+    """NaN (a stage not run), −inf and negative radii are "not certified", even at ε = 0; a radius
+    of exactly 0 counts at ε = 0 only; correct=None means every input is counted as correct."""
+    radii = [np.nan, -np.inf, -0.5, 0.0, 0.7]
+    assert certified_accuracy(radii, None, 0.0) == pytest.approx(0.4)
+    np.testing.assert_allclose(certified_accuracy(radii, None, [0.0, 0.1, 0.7, 0.8]), [0.4, 0.2, 0.2, 0.0])
+    assert isinstance(certified_accuracy(radii, None, 0.5), float)
 
 
 @pytest.mark.parametrize(
     "radii, correct, eps",
     [
         ([0.1, 0.2], [True], [0.0]),  # shapes differ
-        ([0.1, np.nan], [True, True], [0.0]),  # NaN radius
         ([0.1], [True], [-0.1]),  # negative ε
         ([0.1], [2], [0.0]),  # not boolean
         ([], [], [0.0]),  # no inputs
@@ -78,7 +86,7 @@ def test_accepts_zero_one_correct():
 )
 def test_bad_input_raises(radii, correct, eps):
     with pytest.raises(ValueError):
-        certified_accuracy_curve(radii, correct, eps)
+        certified_accuracy(radii, correct, eps)
 
 
 def test_plot_draws_one_step_line_per_curve():

@@ -171,7 +171,8 @@ def test_threats_and_sequential_columns(inputs, tmp_path):
     assert main(["certify", str(inputs), str(out), *[a for a in BASE if a not in ("--d-max", "2")],
                  "--threat", "suffix", "--suffix-len", "2"]) == 0
     rows = _rows(out)
-    assert all(len(r["count"].split(";")) == 2 and "r_2" in r for r in rows)
+    # per-d: one estimate per d, stopping at the first d that fails
+    assert all(1 <= len(r["count"].split(";")) <= 2 and "r_2" in r for r in rows)
     out = tmp_path / "shared.csv"
     assert main(["certify", str(inputs), str(out), *[a for a in BASE if a not in ("--d-max", "2")],
                  "--threat", "shared-suffix", "--suffix-len", "2", "--sequential", "--target-eps", "0.1"]) == 0

@@ -152,27 +152,11 @@ def test_margin_radius_is_a_valid_certificate():
         assert torch.equal(((x + d) @ W.T).argmax(1), y)
 
 
-def test_certified_accuracy():
-    radii = np.array([0.0, 0.3, 0.6, 1.0, 2.0])
-    correct = np.array([True, True, False, True, True])
-    assert L.certified_accuracy(radii, correct, 0.0) == pytest.approx(0.8)
-    assert L.certified_accuracy(radii, correct, 0.5) == pytest.approx(0.4)
-    assert np.allclose(L.certified_accuracy(radii, correct, [0.3, 1.0, 3.0]), [0.6, 0.4, 0.0])
-
-
-@pytest.mark.parametrize("bad, name", [(-0.1, "eps"), (float("nan"), "eps")])
-def test_bad_eps(bad, name):
-    with pytest.raises(ValueError, match=name):
-        L.certified_accuracy(np.ones(3), np.ones(3, bool), bad)
-
-
 def test_bad_inputs():
     with pytest.raises(ValueError, match="L"):
         L.margin_radius(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 0.0)
     with pytest.raises(ValueError, match="logits"):
         L.margin_radius(torch.tensor([[float("nan"), 0.0]]), torch.zeros(1, dtype=torch.long), 1.0)
-    with pytest.raises(ValueError, match="radii"):
-        L.certified_accuracy(np.array([np.nan]), np.array([True]), 0.1)
     with pytest.raises(ValueError, match="W"):
         L.power_iteration(torch.tensor([[float("nan")]]))
     with pytest.raises(ValueError, match="n"):

@@ -12,9 +12,12 @@ import torch
 
 from hybridrs.certify import frontier, required_p_a, worst_case
 from hybridrs.kernels import AbsorbingKernel, UniformKernel
-from hybridrs.sequential import (CERTIFIED, REFUTED, UNDECIDED, batch_schedule, certify_sequential,
+from hybridrs.sequential import (CERTIFIED, REFUTED, UNDECIDED, batch_schedule,
                                  confidence_sequence, sequential_test)
+from hybridrs.estimators import Sequential
+from hybridrs.seeds import input_seed
 from hybridrs.smoothing import HybridSmooth
+from hybridrs.threats import L0, Suffix
 from hybridrs.stats import clopper_pearson_lower
 
 
@@ -178,43 +181,56 @@ def test_required_p_a_impossible_is_inf():
 
 
 # ---------------------------------------------------------------------------------------------
-# certify_sequential on a real (toy) smoother
+# The Sequential estimator through HybridSmooth.certify, on a real (toy) smoother
 # ---------------------------------------------------------------------------------------------
 
 def _toy(tokens, images):
     return ((tokens == 3).any(dim=1).float() + images.flatten(1).mean(dim=1) > 0.8).long()
 
 
-def test_certify_sequential_end_to_end():
+def _seq(d, eps, **kw):
+    return Sequential(alpha=0.01, target_d=d, target_eps=eps, max_n=20_000, first_batch=100, **kw)
+
+
+def test_sequential_certify_end_to_end():
     kernel = UniformKernel(0.1, 64)
     sm = HybridSmooth(_toy, sigma=0.25, kernel=kernel, batch_size=256, progress=False)
     tokens = torch.tensor([3, 5, 7, 9])
     image = torch.full((1, 4, 4), 0.2)
-    cert = certify_sequential(sm, tokens, image, d=1, eps=0.1, alpha=0.01, tau=4.6e-5, d_max=3, seed=5,
-                              max_n=20_000, first_batch=100)
-    again = certify_sequential(sm, tokens, image, d=1, eps=0.1, alpha=0.01, tau=4.6e-5, d_max=3, seed=5,
-                               max_n=20_000, first_batch=100)
+    cert = sm.certify(tokens, image, threat=L0(3), estimator=_seq(1, 0.1), tau=4.6e-5, seed=5)
+    again = sm.certify(tokens, image, threat=L0(3), estimator=_seq(1, 0.1), tau=4.6e-5, seed=5)
     assert cert.extra["decision"] == CERTIFIED and cert.n < 20_000
-    assert (cert.count, cert.p_a) == (again.count, again.p_a)
+    assert (cert.count, cert.p_a[0]) == (again.count, again.p_a[0])
     lo, _ = confidence_sequence(cert.count, cert.n, 0.01)
-    assert cert.p_a == lo and lo >= cert.extra["p_required"]
+    assert cert.p_a[0] == lo and lo >= cert.extra["p_required"]
     np.testing.assert_array_equal(cert.radii, frontier(lo, kernel, 3, 0.25, 4.6e-5))
-    assert cert.radii[1] >= 0.1
+    assert cert.certified(1, 0.1)
     # an image far below the threshold: refuted quickly
-    dark = certify_sequential(sm, torch.tensor([5, 7, 9, 11]), image, d=1, eps=0.1, alpha=0.01, tau=4.6e-5,
-                              d_max=3, seed=5, max_n=20_000)
+    dark = sm.certify(torch.tensor([5, 7, 9, 11]), image, threat=L0(3), estimator=_seq(1, 0.1), tau=4.6e-5, seed=5)
     assert dark.extra["decision"] == REFUTED and dark.n < 1000
     with pytest.raises(ValueError, match="d_max"):
-        certify_sequential(sm, tokens, image, d=4, eps=0.1, d_max=3)
+        sm.certify(tokens, image, threat=L0(3), estimator=_seq(4, 0.1), tau=4.6e-5)
+    with pytest.raises(ValueError, match="one estimate per d"):
+        sm.certify(tokens, image, threat=Suffix(3, filler_id=0), estimator=_seq(1, 0.1), tau=4.6e-5)
 
 
-def test_certify_sequential_image_only_matches_cohen():
+def test_sequential_batches_are_seeded_by_input_seed():
+    """Batch j of an input draws from input_seed(seed, "batch", j): the counts can be replayed."""
+    sm = HybridSmooth(_toy, sigma=0.25, kernel=UniformKernel(0.1, 64), batch_size=64, progress=False)
+    tokens, image = torch.tensor([3, 5, 7, 9]), torch.full((1, 4, 4), 0.2)
+    cert = sm.certify(tokens, image, threat=L0(2), estimator=_seq(1, 0.1), tau=4.6e-5, seed=11)
+    sizes = batch_schedule(100, 2.0, 20_000)[: cert.extra["batches"]]
+    replay = sum(sm.count(tokens, image, s, seed=input_seed(11, "batch", j)) for j, s in enumerate(sizes))
+    assert replay == cert.count and sum(sizes) == cert.n
+
+
+def test_sequential_image_only_matches_cohen():
     from hybridrs.certify import cohen_radius
 
     sm = HybridSmooth(lambda t, v: (v.flatten(1).mean(dim=1) > 0.0).long(), sigma=0.5, progress=False)
     image = torch.full((1, 2, 2), 0.4)
-    cert = certify_sequential(sm, None, image, d=0, eps=0.3, alpha=0.01, tau=0.5, max_n=20_000)
+    cert = sm.certify(None, image, estimator=_seq(0, 0.3), tau=0.5)
     p_req = cert.extra["p_required"]
     assert cohen_radius(p_req, 0.5, 0.5) >= 0.3 > cohen_radius(p_req * (1 - 1e-9), 0.5, 0.5)
     assert cert.extra["decision"] == CERTIFIED
-    assert cert.radii[0] == cohen_radius(cert.p_a, 0.5, 0.5) >= 0.3
+    assert cert.radii[0] == cohen_radius(cert.p_a[0], 0.5, 0.5) >= 0.3

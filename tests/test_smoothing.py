@@ -22,6 +22,7 @@ from hybridrs.certify import cohen_radius, frontier
 from hybridrs.kernels import AbsorbingKernel, UniformKernel
 from hybridrs.smoothing import ABSTAIN, GaussianSmooth, HybridSmooth
 from hybridrs.stats import clopper_pearson_lower
+from hybridrs.threats import L0
 
 SIGMA = 0.5
 SHAPE = (1, 2, 2)  # a tiny "image": the smoothing code treats it like any (C, H, W) input
@@ -218,12 +219,12 @@ def test_hybrid_certificate_lower_bound_holds_in_nearly_all_seeds():
     p = _true_p(x0, t, SIGMA)
     smooth = HybridSmooth(_hybrid_base(t), sigma=SIGMA, progress=False)
     certs = [smooth.certify(None, _image(x0), n, alpha=alpha, seed=s) for s in seeds]
-    misses = sum(c.p_a > p for c in certs)
+    misses = sum(c.p_a[0] > p for c in certs)
     assert stats.binom.sf(misses - 1, len(certs), alpha) > 1e-4  # P[Binom(m, α) ≥ misses]
     for c in certs:
-        assert c.p_a == pytest.approx(float(clopper_pearson_lower(c.count, n, alpha)), rel=0, abs=0)
+        assert c.p_a[0] == pytest.approx(float(clopper_pearson_lower(c.count, n, alpha)), rel=0, abs=0)
         # The certified radius never exceeds the radius of the true probability when p_A ≤ p.
-        if c.p_a <= p:
+        if c.p_a[0] <= p:
             assert c.radii[0] <= SIGMA * ndtri(p)
 
 
@@ -242,10 +243,10 @@ def test_hybrid_certify_radii_equal_frontier():
     kernel = UniformKernel(0.2, vocab_size=30)
     t = -0.6  # P[f = 1] = Φ(1.2) ≈ 0.885 under the image noise; the tokens do not matter
     smooth = HybridSmooth(_hybrid_base(t), sigma=SIGMA, kernel=kernel, batch_size=256, progress=False)
-    cert = smooth.certify(torch.arange(10), _image(), 2000, alpha=0.01, tau=0.5, d_max=3, seed=4)
-    assert cert.p_a == float(clopper_pearson_lower(cert.count, 2000, 0.01))
+    cert = smooth.certify(torch.arange(10), _image(), 2000, alpha=0.01, tau=0.5, threat=L0(3), seed=4)
+    assert cert.p_a[0] == float(clopper_pearson_lower(cert.count, 2000, 0.01))
     assert cert.radii.shape == (4,)
-    np.testing.assert_array_equal(cert.radii, frontier(cert.p_a, kernel, 3, SIGMA, 0.5))
+    np.testing.assert_array_equal(cert.radii, frontier(cert.p_a[0], kernel, 3, SIGMA, 0.5))
     assert cert.radii[0] > 0  # p_A ≈ 0.87 certifies a positive radius at d = 0
     assert cert.d_certified == int(np.flatnonzero(cert.radii >= 0).max())
     assert cert.as_dict()["radii"] == [float(r) for r in cert.radii]
@@ -256,8 +257,8 @@ def test_image_only_certify_equals_cohen_radius(tau):
     smooth = HybridSmooth(_hybrid_base(-1.0), sigma=SIGMA, progress=False)
     cert = smooth.certify(None, _image(), 1000, alpha=0.001, tau=tau, seed=0)
     assert cert.radii.shape == (1,)
-    assert cert.radii[0] == cohen_radius(cert.p_a, SIGMA, tau)
-    assert cert.radii[0] == pytest.approx(SIGMA * (ndtri(cert.p_a) - ndtri(tau)), rel=1e-12)
+    assert cert.radii[0] == cohen_radius(cert.p_a[0], SIGMA, tau)
+    assert cert.radii[0] == pytest.approx(SIGMA * (ndtri(cert.p_a[0]) - ndtri(tau)), rel=1e-12)
 
 
 def test_gaussian_smooth_abstains_on_a_fair_coin():

@@ -371,23 +371,3 @@ def margin_radius(logits, labels, L: float) -> np.ndarray:
     others = f.copy()
     others[rows, yy] = -np.inf
     return (fy - others.max(axis=1)) / (math.sqrt(2.0) * L)
-
-
-def certified_accuracy(radii, correct, eps) -> np.ndarray | float:
-    """Certified robust accuracy CRA(ε) = (1/n) Σ_i 1[correct_i and R_i ≥ ε] for a scalar ε or
-    each ε of an array."""
-    r = np.asarray(radii, dtype=np.float64)
-    c = np.asarray(correct)
-    if r.ndim != 1 or c.shape != r.shape or r.size == 0:
-        raise ValueError(f"radii and correct must be non-empty 1-D arrays of equal length, got {r.shape}, {c.shape}")
-    if np.isnan(r).any():
-        raise ValueError("radii contains NaN")
-    if c.dtype != bool:
-        if not np.isin(c, (0, 1)).all():
-            raise ValueError("correct must be boolean")
-        c = c.astype(bool)
-    e = np.asarray(eps, dtype=np.float64)
-    if np.isnan(e).any() or (e < 0).any():
-        raise ValueError("eps must be >= 0 with no NaN")
-    res = ((r[None, :] >= e.reshape(-1, 1)) & c[None, :]).mean(axis=1)
-    return float(res[0]) if e.ndim == 0 else res

@@ -38,6 +38,7 @@ from hybridrs import _validate as v
 from hybridrs.certify import cohen_radius, frontier, radius, worst_case
 from hybridrs.smoothing import HybridSmooth
 from hybridrs.stats import clopper_pearson_lower, clopper_pearson_upper
+from hybridrs.threats import L0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,7 +395,7 @@ def tabular_row(model: TabularSVM, cat: np.ndarray, cont: np.ndarray, label: int
     clean = int(model.predict(cat[None], cont[None])[0])
     base = TabularSVM(model.svm, model.arities, protect=clean)
     sm = HybridSmooth(base, sigma=sigma, kernel=kern, batch_size=n, progress=False)
-    c = sm.certify(torch.as_tensor(cat), torch.as_tensor(cont), n, alpha=alpha, tau=0.5, d_max=d_max, seed=seed)
+    c = sm.certify(torch.as_tensor(cat), torch.as_tensor(cont), n, alpha=alpha, tau=0.5, threat=L0(d_max), seed=seed)
     return {"label": int(label), "prediction": clean, "correct": bool(clean == label), "count": c.count,
-            "p_a": c.p_a, "radii": [float(r) if np.isfinite(r) else -1.0 for r in c.radii],
+            "p_a": float(c.p_a[0]), "radii": [float(r) if np.isfinite(r) else -1.0 for r in c.radii],
             "d_certified": c.d_certified}

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -414,9 +413,10 @@ def _record_image(obj: dict, base: Path, where: str, check: bool):
 
 
 def record_seed(seed: int, record_id: str) -> int:
-    """Seed of one input: BLAKE2b(global seed, id) → 62 bits.  Independent of order and sharding."""
-    h = hashlib.blake2b(f"{int(seed)}\x00{record_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 62) - 1)
+    """Seed of one input: ``input_seed(seed, id)`` (BLAKE2b, 62 bits), independent of order and sharding."""
+    from hybridrs.seeds import input_seed
+
+    return input_seed(seed, str(record_id))
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,49 +463,39 @@ class Certifier:
                     raise InputError(f"{where}: token id {t} is outside the uniform kernel's alphabet "
                                      f"(vocab size {self.kernel.vocab_size})")
 
+    def threat(self):
+        from hybridrs.threats import L0, Suffix
+
+        if self.cfg.threat == "l0":
+            return L0(d_max=self.cfg.d_max)
+        return Suffix(m=self.cfg.suffix_len, filler_id=self.filler, shared=self.cfg.threat == "shared-suffix")
+
+    def estimator(self):
+        from hybridrs.estimators import FixedN, Sequential
+
+        cfg = self.cfg
+        if cfg.sequential:
+            return Sequential(alpha=cfg.alpha, target_d=cfg.target_d, target_eps=cfg.target_eps,
+                              max_n=cfg.max_n, first_batch=cfg.first_batch)
+        return FixedN(n=cfg.n, alpha=cfg.alpha)
+
     def __call__(self, rec: Record) -> dict:
         import torch
 
-        from hybridrs.sequential import certify_sequential
-
         cfg = self.cfg
-        seed = record_seed(cfg.seed, rec.id)
         tokens = torch.tensor(rec.tokens, dtype=torch.long)
-        image = rec.load_image()
         t0 = time.perf_counter()
-        decision = ""
-        if cfg.threat == "suffix":
-            cert = self.smoother.certify_suffix(tokens, image, cfg.n, m=cfg.suffix_len, filler_id=self.filler,
-                                                alpha=cfg.alpha, tau=cfg.tau, shared=False, seed=seed)
-            count = ";".join(str(c) for c in cert.extra["counts"])
-            p_a = ";".join(repr(float(p)) for p in cert.extra["p_a_per_d"])
-            n = cert.n
-        else:
-            mask = None
-            if cfg.threat == "shared-suffix":
-                L, m = tokens.numel(), cfg.suffix_len
-                tokens = torch.cat([tokens, torch.full((m,), self.filler, dtype=torch.long)])
-                mask = torch.zeros(L + m, dtype=torch.bool)
-                mask[L:] = True
-            if cfg.sequential:
-                cert = certify_sequential(self.smoother, tokens, image, d=cfg.target_d, eps=cfg.target_eps,
-                                          alpha=cfg.alpha, tau=cfg.tau, d_max=cfg.d_max, seed=seed, mask=mask,
-                                          max_n=cfg.max_n, first_batch=cfg.first_batch)
-                decision = cert.extra["decision"]
-            else:
-                cert = self.smoother.certify(tokens, image, cfg.n, alpha=cfg.alpha, tau=cfg.tau, d_max=cfg.d_max,
-                                             seed=seed, mask=mask)
-            count, p_a, n = str(cert.count), repr(float(cert.p_a)), cert.n
+        cert = self.smoother.certify(tokens, rec.load_image(), threat=self.threat(), estimator=self.estimator(),
+                                     tau=cfg.tau, seed=record_seed(cfg.seed, rec.id))
         radii = np.asarray(cert.radii, dtype=float)
-        if radii.size != cfg.d_max + 1:  # image-only or text-only shapes: pad with "not certified"
-            radii = np.concatenate([radii, np.full(cfg.d_max + 1 - radii.size, -np.inf)])[: cfg.d_max + 1]
+        if radii.size != cfg.d_max + 1:  # image-only: budget 0 only; the other columns "not certified"
+            radii = np.concatenate([radii, np.full(cfg.d_max + 1 - radii.size, -np.inf)])
+        counts = cert.counts
         row = {"id": rec.id, "label": "" if rec.label is None else str(rec.label), "threat": cfg.threat,
-               "n": str(n), "count": count, "p_a": p_a}
+               "n": str(cert.n), "count": ";".join(str(c) for c in counts) if len(counts) > 1 else str(counts[0]),
+               "p_a": ";".join(repr(float(p)) for p in cert.p_a_per_stage)}
         row.update({f"r_{d}": repr(float(r)) for d, r in enumerate(radii)})
-        # d_certified: the largest d such that every d' <= d is certified at eps = 0 (-1 if none).
-        cert = radii >= 0
-        d_cert = cfg.d_max if cert.all() else int(np.argmin(cert)) - 1
-        row.update({"d_certified": str(d_cert), "decision": decision,
+        row.update({"d_certified": str(cert.d_certified), "decision": cert.extra.get("decision", ""),
                     "seconds": f"{time.perf_counter() - t0:.3f}"})
         return row
 
