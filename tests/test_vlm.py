@@ -158,3 +158,35 @@ def test_through_hybrid_smooth(family):
     k1 = sm.count(toks, img, 20, seed=3)
     assert 0 <= k1 <= 20 and k1 == sm.count(toks, img, 20, seed=3)
     assert vlm.max_batch_size(ad, toks, img, start=8) == 8  # on a CPU: the start value
+
+
+def test_gpu_benchmark_tiny_writes_its_table(tmp_path, monkeypatch):
+    """benchmarks/vlm_gpu.py --tiny (a small model on the CPU) runs every method and writes the
+    CSV the book's scale page includes."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "vlm_gpu.py"
+    spec = importlib.util.spec_from_file_location("vlm_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    out = tmp_path / "t.csv"
+    try:
+        bench.main(["--tiny", "--out", str(out), "--draws", "8", "--batch", "8", "--policy-tokens", "16",
+                    "--reps", "1", "--prompts", "short,policy-recomputed"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == bench.COLUMNS
+    assert len(rows) == 10 and {r["method"] for r in rows} == {"image-only", "l0", "suffix-per-d", "suffix-shared",
+                                                               "sequential"}
+    per_d = [r for r in rows if r["method"] == "suffix-per-d"][0]
+    assert int(per_d["draws"]) == 8 * 8 and per_d["extrapolated"] == "True"
+    assert all(float(r["samples_per_s"]) > 0 and "tiny" in r["device"] for r in rows)
+    # the FLOP count of a sample is the same model work whether or not a prefix is cached
+    cfg = bench.build(True, torch.device("cpu"))[0].config
+    full = bench.forward_flops(cfg, 1, 100, 0)
+    assert bench.forward_flops(cfg, 1, 60, 40) < full
