@@ -116,6 +116,21 @@ def test_vlm_adapter(family):
     assert labels.device.type == "cpu"
 
 
+@pytest.mark.parametrize("family", ["llava", "next", "onevision"])
+def test_vlm_adapter_reads_nothing_back_from_the_device(family, monkeypatch):
+    """One forward pass reads back only host data: ``image_sizes`` rows (kept on the CPU for
+    Hugging Face's grid layout) and, for CPU images only, the NaN check.  Hugging Face's own
+    image-token check, a device read per forward, is off under TRANSFORMERS_DISABLE_TORCH_CHECK."""
+    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    ad = tiny_vlm.adapter(family)
+    toks, imgs = tiny_vlm.user_tokens(3), torch.rand(3, 3, 20, 28)
+    ad(toks, imgs)  # the first call builds the caches (prefix keys/values, image-token count)
+    with HostReads() as rec:
+        ad(toks, imgs)
+    other = [(r, sh) for r, sh in zip(rec.reads, rec.shapes) if (r, sh) != ("tolist", (2,))]
+    assert other == [("__bool__", ())]  # the NaN check of CPU images
+
+
 class Linear(nn.Module):
     def __init__(self):
         super().__init__()
@@ -156,11 +171,13 @@ class HostReads(TorchFunctionMode):
 
     def __init__(self):
         super().__init__()
-        self.reads = []
+        self.reads = []  # method names
+        self.shapes = []  # and the shapes of the tensors read
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.READS:
             self.reads.append(getattr(func, "__name__", str(func)))
+            self.shapes.append(tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None)
         return func(*args, **(kwargs or {}))
 
 
