@@ -47,7 +47,9 @@ def _text_config(family: str):
 
     kw = dict(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
               max_position_embeddings=256)
-    return Qwen2Config(num_key_value_heads=1, **kw) if family == "onevision" else LlamaConfig(num_key_value_heads=2, **kw)
+    if family == "onevision":
+        return Qwen2Config(num_key_value_heads=1, **kw)  # grouped-query attention in the cache
+    return LlamaConfig(num_key_value_heads=2, **kw)
 
 
 def model(family: str, seed: int = 0):

@@ -299,9 +299,11 @@ class VLMGuardAdapter:
                  clamp: bool = True):
         self.model = model.eval()
         cfg = model.config
-        self.image_token_id = v.integer(getattr(cfg, "image_token_id", None) if getattr(cfg, "image_token_id", None)
-                                        is not None else cfg.image_token_index, "image_token_id")
-        self.pipeline = pipeline if isinstance(pipeline, PixelPipeline) else PixelPipeline.from_image_processor(pipeline)
+        token = getattr(cfg, "image_token_id", None)
+        self.image_token_id = v.integer(token if token is not None else cfg.image_token_index, "image_token_id")
+        if not isinstance(pipeline, PixelPipeline):
+            pipeline = PixelPipeline.from_image_processor(pipeline)
+        self.pipeline = pipeline
         if not isinstance(layout, PromptLayout):
             raise ValueError("layout must be a PromptLayout (see prompt_layout)")
         self.layout = layout
@@ -372,7 +374,8 @@ class VLMGuardAdapter:
         """The full prompt ids (b, ·) for user tokens (b, L) and an (H, W) image, on the tokens'
         device; without the prefix when ``with_prefix`` is False (the cached path)."""
         if tokens.ndim != 2 or tokens.shape[1] == 0 or tokens.dtype.is_floating_point:
-            raise ValueError(f"tokens must be a non-empty (b, L) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+            raise ValueError(f"tokens must be a non-empty (b, L) integer tensor, got {tuple(tokens.shape)} "
+                             f"{tokens.dtype}")
         dev, b = tokens.device, tokens.shape[0]
         img = torch.full((b, self.num_image_tokens(height, width, dev)), self.image_token_id, dtype=torch.long,
                          device=dev)
