@@ -95,9 +95,12 @@ def test_adapter_matches_a_plain_forward_cached_or_not(family):
     ids = ad.input_ids(toks, 20, 28)
     assert ids.shape == (5, len(ad.layout.prefix) + n_img + 6 + len(ad.layout.suffix))
     assert int((ids == ad.image_token_id).sum()) == 5 * n_img
-    # the prefix's keys and values were computed once, for one row
+    # the prefix's keys and values were computed once, for one row, and no call changes them
     (k, _), *_ = ad._prefix_kv(toks.device)
     assert k.shape[0] == 1 and k.shape[-2] == len(ad.layout.prefix)
+    with torch.no_grad():
+        torch.testing.assert_close(ad.margin(toks[:2], imgs[:2]), cached[:2])
+    assert ad._prefix_kv(toks.device)[0][0] is k and k.shape[-2] == len(ad.layout.prefix)
 
 
 def test_noise_is_added_in_pixel_units():
