@@ -22,7 +22,8 @@ as a safety filter flags a typical harmful one (the sequential figure depends on
 
 Run from the project root:
 ``.venv/bin/python benchmarks/vlm_gpu.py`` on a GPU (``--peak-tflops`` for a device not in the
-table), ``--tiny`` for a small model on the CPU (CI; well under a minute).  The table goes to
+table), ``--tiny`` for a small model on the CPU (CI; well under a minute), ``--tiny --device cuda`` to check
+on a GPU in seconds that every path runs there.  The table goes to
 ``--out`` (default ``data/results/scale_vlm_gpu.csv``, included by the book's scale page).
 """
 
@@ -143,7 +144,8 @@ def rate(adapter, tokens, image, batch: int, reps: int, device) -> float:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (CI)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (on the CPU unless --device says otherwise)")
+    ap.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     ap.add_argument("--out", default=str(ROOT / "data" / "results" / "scale_vlm_gpu.csv"))
     ap.add_argument("--draws", type=int, default=None, help="draws per fixed-n estimate (default 512; tiny 32)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: the largest that fits, ≤ 256)")
@@ -153,7 +155,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--prompts", default="short,policy-cached,policy-recomputed")
     ap.add_argument("--methods", default="image-only,l0,suffix-per-d,suffix-shared,sequential")
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
     draws = args.draws or (32 if args.tiny else 512)
@@ -167,7 +169,7 @@ def main(argv=None) -> list[dict]:
     params = sum(p.numel() for p in model.parameters())
     V = model.config.text_config.vocab_size
     name = device_name(device, args.tiny)
-    peak = peak_for(name, args.peak_tflops) if device.type == "cuda" else math.nan
+    peak = peak_for(name, args.peak_tflops) if device.type == "cuda" and not args.tiny else math.nan
     print(f"{name}: {params / 1e9:.3f} B parameters, {next(model.parameters()).dtype}, built in "
           f"{time.perf_counter() - t0:.1f} s; torch {torch.__version__}")
 

@@ -288,3 +288,29 @@ def test_gaussian_counts_read_the_host_once_per_call():
             gs.counts(IMG, n, seed=0)
         reads.append(len(rec.reads))
     assert reads[0] == reads[1] and reads[1] <= 6, reads
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_real_gpu():
+    """Where a GPU is at hand: the filters, the adapter and every threat run there end to end."""
+    from hybridrs.estimators import FixedN, Sequential
+    from hybridrs.smoothing import HybridSmooth
+    from hybridrs.threats import L0, Suffix
+
+    dev = torch.device("cuda")
+    fusion = FusionFilter(FilterConfig(hidden=8, channels=4, fuse=16)).eval().to(dev)
+    toks = torch.randint(1000, 2000, (10,), device=dev)
+    sm = HybridSmooth(fusion, sigma=0.5, kernel=UniformKernel(0.25, alphabet=range(999, 2001)), batch_size=64,
+                      progress=False)
+    for threat in (L0(2), Suffix(m=2, filler_id=1000), Suffix(m=2, filler_id=1000, shared=True)):
+        cert = sm.certify(toks, torch.rand(1, 28, 28, device=dev), threat=threat, estimator=FixedN(200), tau=0.1)
+        assert cert.n >= 200
+    ad = tiny_vlm.adapter("next")
+    ad.model.to(dev)
+    vsm = HybridSmooth(ad, sigma=0.25, kernel=UniformKernel(0.25, alphabet=range(tiny_vlm.FIRST_WORD, tiny_vlm.V)),
+                       batch_size=16, progress=False)
+    cert = vsm.certify(tiny_vlm.user_tokens(1)[0].to(dev), torch.rand(3, 20, 28, device=dev), threat=L0(2), tau=0.1,
+                       estimator=Sequential(target_d=1, max_n=64, first_batch=16))
+    assert cert.n > 0
+    x, y = torch.rand(4, 3, 2, 2, device=dev), torch.tensor([0, 1, 2, 0], device=dev)
+    assert attacks.pgd_l2(Linear().to(dev), x, y, 0.5, steps=3).device.type == "cuda"
