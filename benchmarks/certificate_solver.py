@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import mp_reference as ref  # noqa: E402
-
-from hybridrs.certify import frontier  # noqa: E402
-from hybridrs.kernels import UniformKernel  # noqa: E402
+from hybridrs.certify import frontier
+from hybridrs.kernels import UniformKernel
+from hybridrs.reference import mp as M
 
 V, BETA, SIGMA, TAU, D_MAX = 30522, 0.25, 1.0, 4.6e-5, 8
 
@@ -112,7 +108,7 @@ def main() -> None:
             r = ours[i, d]
             if not r > 0:
                 continue
-            rho, res = ref.radius_rho(float(p[i]), ref.uniform_groups(BETA, V, d), TAU, r / SIGMA)
+            rho = M.mp_radius(float(p[i]), M.mp_uniform_groups(d, V, BETA), TAU)
             exact = float(rho) * SIGMA
             rel_ours.append(abs(r - exact) / exact)
             above += r > exact * (1 + 1e-12)

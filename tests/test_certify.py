@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-import mp_reference as ref
+from hybridrs.reference import mp as M
 from hybridrs.certify import (cohen_radius, frontier, knapsack_bound, radius, required_p_a,
                               worst_case)
 from hybridrs.kernels import AbsorbingKernel, UniformKernel
@@ -17,7 +17,7 @@ TAU = 4.6e-5
 PA_ALL = 0.01 ** (1 / 10_000)
 
 
-# ---------------------------------------------------------------- reference values (certificate.md §5)
+# ---------------------------------------------------------------- reference values (independent 40-digit computation)
 
 @pytest.mark.parametrize("p_a, d, expected", [
     (0.99, 1, 5.318313), (0.90, 1, 3.833292), (PA_ALL, 3, 4.649287)])
@@ -31,7 +31,7 @@ def test_reference_not_certified():
 
 
 def test_paper_table_sigma_half():
-    # paper.md §3: r*(d), V = 30000, β = .25, σ = .5, d = 1..5 (d = 6 is not certified at ε = 0).
+    # independent float64 reference: r*(d), V = 30000, β = .25, σ = .5, d = 1..5 (d = 6 is not certified at ε = 0).
     r = frontier(PA_ALL, UniformKernel(0.25, 30_000), 6, 0.5, TAU)
     np.testing.assert_allclose(r[1:6], [3.2348, 2.8124, 2.3247, 1.7279, 0.8752], atol=6e-5)
     assert r[6] == -math.inf
@@ -66,7 +66,7 @@ def test_small_eps_tends_to_knapsack(d):
     assert near == pytest.approx(knap, rel=1e-3)
     assert worst_case(PA_ALL, k, d, 0.0, 1.0) == pytest.approx(knap, rel=1e-12)
     # the knapsack bound equals an exact-rational greedy fill
-    assert knap == pytest.approx(float(ref.knapsack(PA_ALL, ref.uniform_groups(0.25, 30_000, d))), rel=1e-11)
+    assert knap == pytest.approx(float(M.mp_knapsack(PA_ALL, M.mp_uniform_groups(d, 30_000, 0.25))), rel=1e-11)
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.25, 0.5, 0.9])
@@ -107,18 +107,17 @@ def test_radius_matches_mpmath(p_a, beta, V, d, sigma, tau):
     k = UniformKernel(beta, V)
     # the uniform kernel's certificate is monotone in d, so "≤ d" equals "exactly d" here
     r = radius(p_a, k, d, sigma, tau)
-    groups = ref.uniform_groups(beta, V, d)
-    cert0 = ref.knapsack(p_a, groups) >= tau
+    groups = M.mp_uniform_groups(d, V, beta)
+    cert0 = M.mp_knapsack(p_a, groups) >= tau
     if r == -math.inf:
-        assert ref.knapsack(p_a, groups) < tau * (1 + 1e-10)
+        assert M.mp_knapsack(p_a, groups) < tau * (1 + 1e-10)
         return
     assert cert0
     if r == 0.0:
         # certified at ε = 0 only: the worst case at a tiny radius is already below τ
-        assert ref.worst_case(p_a, groups, mp.mpf("1e-6")) < tau * (1 + 1e-8)
+        assert M.mp_worst_case(p_a, 1e-6, groups) < tau * (1 + 1e-8)
         return
-    rho, res = ref.radius_rho(p_a, groups, tau, r / sigma)
-    assert res < 1e-25
+    rho = M.mp_radius(p_a, groups, tau)
     exact = float(rho) * sigma
     assert r <= exact * (1 + 1e-12)
     assert r == pytest.approx(exact, rel=1e-9)
@@ -129,7 +128,7 @@ def test_worst_case_matches_mpmath(p_a, beta, V, d, sigma, tau):
     k = UniformKernel(beta, V)
     eps = float(np.random.default_rng(int(p_a * 1e9) % 2**32).uniform(0.0, 3.0))
     # the ≤ d worst case is the minimum over d' ≤ d of the exact-d' values
-    exact = min(float(ref.worst_case(p_a, ref.uniform_groups(beta, V, dd), mp.mpf(eps) / sigma)) for dd in range(d + 1))
+    exact = min(float(M.mp_worst_case(p_a, eps / sigma, M.mp_uniform_groups(dd, V, beta))) for dd in range(d + 1))
     got = worst_case(p_a, k, d, eps, sigma)
     assert got <= exact * (1 + 1e-12) + 1e-300
     assert got == pytest.approx(exact, rel=1e-9, abs=1e-300)
@@ -162,7 +161,7 @@ def test_monotone_in_eps_and_d():
 
 
 def test_published_p_adv_curve():
-    # paper.md §3: p_adv(r), d = 3, V = 40 000, σ = 1
+    # independent float64 reference: p_adv(r), d = 3, V = 40 000, σ = 1
     k = UniformKernel(0.25, 40_000)
     got = [worst_case(PA_ALL, k, 3, r, 1.0) for r in (0.01, 0.5, 1, 2, 3, 4, 5)]
     np.testing.assert_allclose(got, [0.015162, 0.014346, 0.012713, 0.007132, 0.002088, 2.73e-4, 1.5e-5], rtol=5e-3)
@@ -213,9 +212,7 @@ def test_worst_case_classifier_monte_carlo():
     s = torch.tensor([0, 1, 2])
     s_adv = torch.tensor([3, 0, 2])  # d = 2 positions changed
     rho = eps / sigma
-    groups = ref.uniform_groups(beta, V, 2)
-    lo, hi = ref._u_range(mp.mpf(rho), groups)
-    u_star = float(ref._bisect(lambda u: ref.F(u, mp.mpf(rho), groups) - p_a, lo, hi))
+    u_star = float(M.mp_threshold(p_a, rho, M.mp_uniform_groups(2, V, beta)))
     a = beta / (V - 1)
 
     def log_ratio_text(z):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hybridrs.data import pairs as data
+from hybridrs.data import tokens
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +63,22 @@ def test_images_are_real_mnist_in_unit_range(main_pairs):
 
 
 def test_tokens_are_in_the_usable_alphabet(main_pairs):
-    usable = set(data.usable_ids())
+    usable = set(tokens.usable_ids())
     assert 20000 < len(usable) < 30522
     for t in main_pairs.tokens[:50]:
         assert set(t.tolist()) <= usable
 
 
 def test_suffix_padding():
-    s = data.encode("is it safe?")
-    padded, mask = data.with_suffix(s, 8)
+    s = tokens.encode("is it safe?")
+    padded, mask = tokens.with_suffix(s, 8)
     assert padded.numel() == s.numel() + 8 and mask.sum() == 8 and not mask[: s.numel()].any()
-    assert (padded[s.numel():] == data.filler_id()).all()
+    assert (padded[s.numel():] == tokens.filler_id()).all()
 
 
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="text"):
-        data.encode("   ")
+        tokens.encode("   ")
     with pytest.raises(ValueError, match="split"):
         data.dose_pairs(10, "valid")
     with pytest.raises(ValueError, match="phrase"):

@@ -55,7 +55,7 @@ def test_suffix_per_d_on_a_constant_classifier():
     out = ex.suffix_per_d(base, toks, img, kernel=kern, sigma=1.0, n=10_000, alpha=0.01, tau=4.6e-5, seed=0)
     assert out["counts"][0] == 10_000
     assert out["p_a"][0] == pytest.approx(0.01 ** 1e-4, abs=1e-9)
-    # paper.md §3: r*(d), β = .25, V = 30 000, σ = 1: 6.4695, 5.6249, 4.6494, 3.4557, 1.7504, 0
+    # independent float64 reference: r*(d), β = .25, V = 30 000, σ = 1: 6.4695, 5.6249, 4.6494, 3.4557, 1.7504, 0
     np.testing.assert_allclose(out["radii"][:5], [6.4695, 5.6249, 4.6494, 3.4557, 1.7504], atol=2e-4)
     assert out["d_max"] == 5 and len(out["counts"]) == 6
     txt = ex.suffix_per_d(base, toks, img, kernel=kern, sigma=None, n=10_000, alpha=0.01, tau=4.6e-5, seed=0)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hybridrs.data import pairs as data
+from hybridrs.data import tokens
 from hybridrs.models import fusion as models
 
 
@@ -30,7 +31,7 @@ def test_training_decreases_loss_and_is_deterministic(pairs):
 
 def test_call_signature_and_input_checks(pairs):
     m = models.FusionFilter(small_cfg())
-    toks = data.pad(pairs.tokens[:5])
+    toks = tokens.pad(pairs.tokens[:5])
     out = m(toks, pairs.images[:5])
     assert out.shape == (5,) and set(out.tolist()) <= {0, 1}
     with pytest.raises(ValueError, match="images"):
@@ -47,7 +48,7 @@ def test_cache_roundtrip_and_checksum(tmp_path, pairs):
     assert info["retrained"]
     b, info2 = models.load_or_train("t", lambda: pairs, cfg, model_dir=tmp_path)
     assert not info2["retrained"] and info2["sha256"] == info["sha256"]
-    toks = data.pad(pairs.tokens[:20])
+    toks = tokens.pad(pairs.tokens[:20])
     assert torch.equal(a.logits(toks, pairs.images[:20]), b.logits(toks, pairs.images[:20]))
     # A corrupted file is detected and retrained.
     (tmp_path / "t.pt").write_bytes(b"garbage")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybridrs.data import prompts as P
+from hybridrs.data import tokens
 from hybridrs.models import safety as S
 
 
@@ -77,17 +78,19 @@ def test_training_on_a_tiny_subset_learns(filt):
 def test_augment_is_deterministic_and_labels_erasures_benign():
     cfg = S.HeadConfig(noise_copies=2, mask_copies=1, erase_per_mode=3)
     seqs = [torch.arange(1000, 1010), torch.arange(2000, 2006)]
-    a, ya = S.augment(seqs, [0, 1], cfg, vocab=list(range(3000, 3100)), mask_id=103)
-    b, yb = S.augment(seqs, [0, 1], cfg, vocab=list(range(3000, 3100)), mask_id=103)
+    a, ya = S.augment(seqs, [0, 1], cfg, vocab=list(range(900, 3100)), mask_id=103)
+    b, yb = S.augment(seqs, [0, 1], cfg, vocab=list(range(900, 3100)), mask_id=103)
     assert all(torch.equal(x, z) for x, z in zip(a, b)) and np.array_equal(ya, yb)
     shorter = [i for i, s in enumerate(a) if len(s) < 10 and ya[i] == 0]
     assert shorter and all(len(a[i]) >= 1 for i in shorter)
     assert ya.tolist().count(1) == 1 + 2 + 1  # harmful: clean + noise + mask copies, no erasures
+    noisy = [s for s in a if len(s) == 10 and not torch.equal(s, seqs[0]) and not (s == 103).any()]
+    assert all(((s == seqs[0]) | (s >= 900)).all() for s in noisy)  # replacements come from the alphabet
     assert any((s == 103).any() for s in a)
 
 
 def test_usable_vocabulary_excludes_special_tokens(filt):
-    ids = S.usable_vocabulary(filt.tokenizer)
+    ids = tokens.usable_ids()
     assert len(ids) == 30522 - 5 - 994
     for sid in (0, 100, 101, 102, 103):
         assert sid not in ids

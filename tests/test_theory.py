@@ -246,7 +246,7 @@ def test_mp_bad_input():
 
 
 def test_mp_reproduces_certificate_notes_reference_values():
-    # certificate.md §5 (uniform, V = 30522, β = 0.25, σ = 1, τ = 4.6e-5), computed elsewhere with
+    # 40-digit reference values (uniform, V = 30522, β = 0.25, σ = 1, τ = 4.6e-5), computed elsewhere with
     # 40-digit arithmetic; quoted to six decimals there.
     cases = [(0.99, 1, 5.318313), (0.90, 1, 3.833292), (0.01 ** 1e-4, 3, 4.649287)]
     for p_a, d, want in cases:

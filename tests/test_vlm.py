@@ -23,9 +23,9 @@ def hf_forward(ad, tokens, images):
 
 
 def test_answer_spellings_with_a_real_tokenizer():
-    from hybridrs.data import pairs as data
+    from hybridrs.data import tokens
 
-    tok = data.tokenizer()
+    tok = tokens.tokenizer()
     uns, saf = vlm.answer_spellings(tok, "unsafe"), vlm.answer_spellings(tok, "safe")
     assert saf and tok.convert_ids_to_tokens(saf[0]).lower().strip("ġ▁ ") in {"safe"}
     assert not set(uns) & set(saf)

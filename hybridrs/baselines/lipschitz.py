@@ -324,26 +324,12 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, margin: float, temperatur
 def train_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
                     margin: float = 1.0, temperature: float = 0.25, batch_size: int = 128,
                     lr: float = 1e-3, seed: int = 0) -> nn.Module:
-    """Adam on ``margin_loss`` with seeded shuffling (same loop as ``hybridrs.nets.train``);
-    returns the model in eval mode."""
-    epochs = _validate.integer(epochs, "epochs", minimum=1)
-    batch_size = _validate.integer(batch_size, "batch_size", minimum=1)
-    lr = _validate.positive(lr, "lr")
-    seed = _validate.integer(seed, "seed", minimum=0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    n = x.shape[0]
-    for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            loss = margin_loss(model(x[idx]), y[idx], margin, temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model
+    """Adam on ``margin_loss`` with seeded shuffling (:func:`hybridrs.models.nets.train`, the one
+    training loop); returns the model in eval mode."""
+    from hybridrs.models.nets import train
+
+    return train(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                 loss=lambda logits, yy: margin_loss(logits, yy, margin, temperature))
 
 
 # ----------------------------------------------------------------------------- certificates

