@@ -86,13 +86,17 @@ class PixelPipeline:
     @classmethod
     def from_image_processor(cls, proc) -> "PixelPipeline":
         """Read the steps of a Hugging Face (LLaVA, LLaVA-NeXT, OneVision, CLIP, SigLIP) image
-        processor: size, crop, mean/std, resample and grid pinpoints."""
+        processor: size, crop, mean/std, resample and grid pinpoints.  Resampling follows the
+        Pillow backend; the torchvision backend's antialiased interpolation differs from it by a
+        few grey levels where it enlarges."""
         size = dict(getattr(proc, "size", None) or {})
         crop = dict(getattr(proc, "crop_size", None) or {}) if getattr(proc, "do_center_crop", False) else {}
-        resample = int(getattr(proc, "resample", 3))
-        mode = {2: "bilinear", 3: "bicubic"}.get(resample)
+        resample = getattr(proc, "resample", 3)
+        # a Pillow enum (BICUBIC = 3), an int, or torchvision's InterpolationMode ("bicubic")
+        key = str(getattr(resample, "value", resample)).lower()
+        mode = {"2": "bilinear", "3": "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}.get(key)
         if mode is None:
-            raise ValueError(f"resample {resample} is not supported (bilinear or bicubic)")
+            raise ValueError(f"resample {resample!r} is not supported (bilinear or bicubic)")
         pins = getattr(proc, "image_grid_pinpoints", None)
         if getattr(proc, "do_pad", False) and not pins:
             raise ValueError("pad-to-square processors (do_pad without grid pinpoints) are not supported")
