@@ -147,7 +147,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--tiny", action="store_true", help="a tiny model (on the CPU unless --device says otherwise)")
     ap.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     ap.add_argument("--out", default=str(ROOT / "data" / "results" / "scale_vlm_gpu.csv"))
-    ap.add_argument("--draws", type=int, default=None, help="draws per fixed-n estimate (default 512; tiny 32)")
+    ap.add_argument("--draws", type=int, default=None, help="draws per fixed-n estimate (default 256; tiny 32)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: the largest that fits, ≤ 256)")
     ap.add_argument("--policy-tokens", type=int, default=None, help="policy length (default 600; tiny 100)")
     ap.add_argument("--reps", type=int, default=None, help="timed batches per throughput figure (default 3; tiny 2)")
@@ -158,7 +158,7 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    draws = args.draws or (32 if args.tiny else 512)
+    draws = args.draws or (32 if args.tiny else 256)
     policy_tokens = args.policy_tokens or (100 if args.tiny else 600)
     reps = args.reps or (2 if args.tiny else 3)
     n_full = 10_000
