@@ -186,14 +186,12 @@ def main(argv=None) -> list[dict]:
     def adapter(prompt: str) -> VLMGuardAdapter:
         pre = head if prompt == "short" else [head[0]] + policy + head[1:]
         layout = PromptLayout(prefix=tuple(pre), suffix=tuple(suffix))
-        ad = VLMGuardAdapter(model, pipe, layout, unsafe_ids=[5], safe_ids=[6],
-                             cache_prefix=prompt != "policy-recomputed")
+        probe = VLMGuardAdapter(model, pipe, layout, unsafe_ids=[5], safe_ids=[6], cache_prefix=False)
         with torch.no_grad():  # answer ids: the clean input's most and least likely next tokens
-            logits = ad.model(input_ids=ad.input_ids(text[None], side, side), logits_to_keep=1,
-                              pixel_values=ad.pixel_values(image[None])[0]).logits[0, -1, 4:V - 2]
-        ad.unsafe_ids, ad.safe_ids = [int(logits.argmax()) + 4], [int(logits.argmin()) + 4]
-        ad._cache = {k: val for k, val in ad._cache.items() if k[:2] not in (("ids", "unsafe"), ("ids", "safe"))}
-        return ad
+            logits = model(input_ids=probe.input_ids(text[None], side, side), logits_to_keep=1,
+                           pixel_values=probe.pixel_values(image[None])[0]).logits[0, -1, 4:V - 2]
+        return VLMGuardAdapter(model, pipe, layout, unsafe_ids=[int(logits.argmax()) + 4],
+                               safe_ids=[int(logits.argmin()) + 4], cache_prefix=prompt != "policy-recomputed")
 
     rows = []
     batch = args.batch

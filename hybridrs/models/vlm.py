@@ -197,7 +197,7 @@ class VLMGuardAdapter:
 
     @torch.no_grad()
     def _prefix_kv(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        key = ("kv", device)
+        key = ("kv", device, _param(self.model).dtype)  # recomputed if the model is cast after a call
         if key not in self._cache:
             # no_grad rather than inference_mode: the cached tensors may later enter a forward
             # that records gradients (attacks), which inference tensors would forbid.
@@ -207,7 +207,7 @@ class VLMGuardAdapter:
 
     def _prefix_cache(self, device: torch.device):
         """A read-only cache of the prefix for any batch size (``_SharedPrefixLayer``)."""
-        key = ("cache", device)
+        key = ("cache", device, _param(self.model).dtype)
         if key not in self._cache:
             self._cache[key] = Cache(layers=[_SharedPrefixLayer(k, val) for k, val in self._prefix_kv(device)])
         return self._cache[key]
