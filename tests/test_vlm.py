@@ -55,7 +55,7 @@ def test_pixel_pipeline_matches_the_hf_processor(family, shape):
     """The torch re-implementation against the Hugging Face (Pillow) processor on a clean 8-bit
     image.  Pillow rounds to 8 bits after each of its two resampling passes, so values may differ
     by about one grey level: tolerance 1.2/255 in pixel units, i.e. 1.2/(255·std) normalised."""
-    _, proc = tiny_vlm.model(family)
+    proc = tiny_vlm.processor(family)
     pipe = vlm.PixelPipeline.from_image_processor(proc)
     img8 = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.uint8)
     ref = proc(images=[img8.numpy().transpose(1, 2, 0)], return_tensors="pt")

@@ -52,15 +52,27 @@ def _text_config(family: str):
     return LlamaConfig(num_key_value_heads=2, **kw)
 
 
+def processor(family: str):
+    """The Hugging Face image processor (Pillow backend) of ``family``, for 16×16-pixel tiles."""
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
+        LlavaOnevisionImageProcessorPil
+
+    if family == "llava":
+        return LlavaImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    if family == "next":
+        return LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                          image_grid_pinpoints=PINPOINTS)
+    return LlavaOnevisionImageProcessorPil(size={"height": 16, "width": 16},
+                                           image_grid_pinpoints=[[16, 16]] + PINPOINTS)
+
+
 def model(family: str, seed: int = 0):
     """A tiny random ``...ForConditionalGeneration`` of ``family`` in {llava, next, onevision}
     (image tower input 16×16 pixels, patches of 8), and the matching Hugging Face image processor
     (Pillow backend)."""
     import transformers as tf
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
-        LlavaOnevisionImageProcessorPil
 
     vkw = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
                patch_size=8)
@@ -70,20 +82,15 @@ def model(family: str, seed: int = 0):
         cfg = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(projection_dim=16, **vkw), projector_hidden_act="gelu",
                              vision_feature_select_strategy="default", **common)
         m = tf.LlavaForConditionalGeneration(cfg)
-        proc = LlavaImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     elif family == "next":
         cfg = tf.LlavaNextConfig(vision_config=tf.CLIPVisionConfig(projection_dim=16, **vkw),
                                  vision_feature_select_strategy="default", image_grid_pinpoints=PINPOINTS, **common)
         m = tf.LlavaNextForConditionalGeneration(cfg)
-        proc = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
-                                          image_grid_pinpoints=PINPOINTS)
     else:
         cfg = tf.LlavaOnevisionConfig(vision_config=tf.SiglipVisionConfig(**vkw), vision_feature_select_strategy="full",
                                       image_grid_pinpoints=[[16, 16]] + PINPOINTS, **common)
         m = tf.LlavaOnevisionForConditionalGeneration(cfg)
-        proc = LlavaOnevisionImageProcessorPil(size={"height": 16, "width": 16},
-                                               image_grid_pinpoints=[[16, 16]] + PINPOINTS)
-    return m.eval(), proc
+    return m.eval(), processor(family)
 
 
 def adapter(family: str, policy: str = "policy is no harm rule rule", **kw):
