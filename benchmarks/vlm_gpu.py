@@ -249,7 +249,8 @@ def main(argv=None) -> list[dict]:
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
-        w.writerows(rows)
+        # blank, not "nan", where a figure does not apply (no bf16 peak for a CPU)
+        w.writerows({k: ("" if isinstance(x, float) and x != x else x) for k, x in r.items()} for r in rows)
     summary(rows)
     print(f"wrote {out}")
     return rows
