@@ -42,6 +42,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from hybridrs.estimators import FixedN, Sequential  # noqa: E402
 from hybridrs.kernels import UniformKernel  # noqa: E402
@@ -54,7 +55,8 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
 PEAKS = {"H200 NVL": 835.0, "H200": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "GH200": 989.4,
          "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0}
-COLUMNS = ["device", "model", "params_B", "dtype", "prompt", "seq_len", "batch", "samples_per_s", "tflops",
+COLUMNS = ["device", "torch", "transformers", "model", "params_B", "dtype", "prompt", "seq_len", "batch",
+           "samples_per_s", "tflops",
            "peak_tflops", "pct_peak", "method", "draws", "seconds", "seconds_per_input_1e4", "extrapolated",
            "vs_image_only", "decision"]
 
@@ -205,7 +207,8 @@ def main(argv=None) -> list[dict]:
         sps = rate(ad, text, image, batch, reps, device)
         cached = P if ad.cache_prefix else 0
         tflops = forward_flops(model.config, 1, seq - cached, cached) * sps / 1e12
-        base = dict(device=name, model="LLaVA-1.5-7B config" if not args.tiny else "tiny LLaVA",
+        base = dict(device=name, torch=torch.__version__, transformers=transformers.__version__,
+                    model="LLaVA-1.5-7B config" if not args.tiny else "tiny LLaVA",
                     params_B=round(params / 1e9, 4), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                     prompt=prompt if prompt == "short" else f"{prompt} ({policy_tokens} tokens)",
                     seq_len=seq, batch=batch, samples_per_s=round(sps, 2), tflops=float(f"{tflops:.4g}"),
