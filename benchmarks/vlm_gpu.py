@@ -56,9 +56,8 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 PEAKS = {"H200 NVL": 835.0, "H200": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "GH200": 989.4,
          "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0}
 COLUMNS = ["device", "torch", "transformers", "model", "params_B", "dtype", "prompt", "seq_len", "batch",
-           "samples_per_s", "tflops",
-           "peak_tflops", "pct_peak", "method", "draws", "seconds", "seconds_per_input_1e4", "extrapolated",
-           "vs_image_only", "decision"]
+           "samples_per_s", "tflops", "peak_tflops", "pct_peak", "method", "draws", "seconds",
+           "seconds_per_input_1e4", "extrapolated", "vs_image_only", "decision"]
 
 
 def build(tiny: bool, device: torch.device):
