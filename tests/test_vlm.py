@@ -141,6 +141,8 @@ def test_logit_mass_rule_and_checks():
     with pytest.raises(ValueError, match="tokens"):
         ad(torch.zeros(4, 0, dtype=torch.long), imgs)
     assert ad.encode("w1 w2") == [tiny_vlm.FIRST_WORD + 1, tiny_vlm.FIRST_WORD + 2]
+    specials = {tiny_vlm.WORDS.index(w) for w in ("<pad>", "<unk>", "<s>", "</s>", "<image>")}
+    assert ad.alphabet() == [i for i in range(tiny_vlm.V) if i not in specials]
 
 
 def test_margin_is_differentiable_in_the_pixels():

@@ -186,6 +186,14 @@ class VLMGuardAdapter:
             raise ValueError("encode needs the adapter's tokenizer")
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def alphabet(self) -> list[int]:
+        """The ids a uniform text kernel may draw: the tokenizer's ids but its special tokens and
+        the image token (``UniformKernel(beta, alphabet=adapter.alphabet())``)."""
+        if self.tokenizer is None:
+            raise ValueError("alphabet needs the adapter's tokenizer")
+        special = set(self.tokenizer.all_special_ids) | {self.image_token_id}
+        return [i for i in range(len(self.tokenizer)) if i not in special]
+
     # -- cached pieces ---------------------------------------------------------------------------
     def _ids(self, name: str, device: torch.device) -> torch.Tensor:
         key = ("ids", name, device)
