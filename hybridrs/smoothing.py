@@ -135,9 +135,16 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def _tensor(x, device) -> torch.Tensor:
+    """``x`` as a tensor on ``device``.  A tensor is moved, never passed through ``torch.as_tensor``,
+    which would place it on the ambient default device (``with torch.device(...)``) first."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x, device=device)
+    return x.to(device)
+
+
 def _check_image(image, device) -> torch.Tensor:
-    if not isinstance(image, torch.Tensor):
-        image = torch.as_tensor(image)
+    image = _tensor(image, device)
     if not image.dtype.is_floating_point:
         raise ValueError(f"image must be a floating-point tensor, got dtype {image.dtype}")
     if image.ndim < 1 or image.numel() == 0:
@@ -182,7 +189,7 @@ class HybridSmooth:
         if self.sigma is not None and image is None:
             raise ValueError("image is required when sigma is set")
         if tokens is not None:
-            tokens = torch.as_tensor(tokens).to(self.device)
+            tokens = _tensor(tokens, self.device)
             if tokens.ndim != 1 or tokens.numel() == 0:
                 raise ValueError(f"tokens must be a non-empty 1-D sequence of ids, got shape {tuple(tokens.shape)}")
         if image is not None:
@@ -200,7 +207,7 @@ class HybridSmooth:
         n = v.integer(n, "n", minimum=1)
         tokens, image = self._inputs(tokens, image)
         if mask is not None:
-            mask = torch.as_tensor(mask).to(self.device)
+            mask = _tensor(mask, self.device)
         gen = _generator(seed, self.device)
         total = torch.zeros((), dtype=torch.long, device=self.device)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -218,10 +225,9 @@ class HybridSmooth:
                 if self.sigma is not None:
                     noise = torch.randn((b, *image.shape), generator=gen, device=self.device, dtype=image.dtype)
                     noisy_v = noisy_v + self.sigma * noise
-            labels = torch.as_tensor(self.base(noisy_t, noisy_v))
+            labels = _tensor(self.base(noisy_t, noisy_v), self.device)
             if labels.shape != (b,):
                 raise ValueError(f"base returned shape {tuple(labels.shape)}, expected ({b},)")
-            labels = labels.to(self.device)
             bad |= ((labels != 0) & (labels != 1)).any()
             total += (labels == 1).sum()
             remaining -= b
@@ -351,7 +357,7 @@ class GaussianSmooth:
         while remaining > 0:
             b = min(self.batch_size, remaining)
             noise = torch.randn((b, *x.shape), generator=gen, device=self.device, dtype=x.dtype)
-            pred = torch.as_tensor(self.base(x.expand(b, *x.shape) + self.sigma * noise)).to(self.device)
+            pred = _tensor(self.base(x.expand(b, *x.shape) + self.sigma * noise), self.device)
             if pred.shape == (b, self.num_classes):
                 pred = pred.argmax(dim=1)
             elif pred.shape != (b,) or pred.dtype.is_floating_point:

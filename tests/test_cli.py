@@ -4,7 +4,6 @@ independence, resume after a torn write, and clear errors (exit 2) on bad input.
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,12 @@ import pytest
 import torch
 
 from hybridrs.certify import frontier
-from hybridrs.run.cli import (CertifyConfig, load_model, main, read_image, read_records, record_seed,
-                          run_certify)
+from hybridrs.run.cli import main
+from hybridrs.run.config import CertifyConfig
+from hybridrs.run.plugins import load_model
+from hybridrs.run.records import read_image, read_records
+from hybridrs.run.runner import run_certify
+from hybridrs.seeds import input_seed
 from hybridrs.kernels import UniformKernel
 from hybridrs.smoothing import HybridSmooth
 from hybridrs.stats import clopper_pearson_lower
@@ -43,6 +46,7 @@ def inputs(tmp_path):
 
 def _rows(path):
     with open(path, newline="") as f:
+        assert f.readline().startswith("#hybridrs-results 2 {")  # the settings line
         return list(csv.DictReader(f))
 
 
@@ -60,7 +64,7 @@ def test_rows_match_the_library(inputs, tmp_path):
     kernel = UniformKernel(0.25, model.vocab_size)
     sm = HybridSmooth(model.classify, sigma=0.25, kernel=kernel, batch_size=128, progress=False)
     for rec, row in zip(recs, rows):
-        count = sm.count(torch.tensor(rec.tokens), rec.load_image(), 300, seed=record_seed(0, rec.id))
+        count = sm.count(torch.tensor(rec.tokens), rec.load_image(), 300, seed=input_seed(0, rec.id))
         assert int(row["count"]) == count and int(row["n"]) == 300
         p_a = clopper_pearson_lower(count, 300, 0.01)
         assert float(row["p_a"]) == p_a
@@ -92,10 +96,11 @@ def test_resume_skips_done_and_redoes_torn_line(inputs, tmp_path, capsys):
     text = out.read_text()
     lines = text.splitlines(keepends=True)
     # mark row 1 so that a recomputation would show, and tear the last line mid-write
-    marked = lines[1].rsplit(",", 1)[0] + ",999.000\n"
-    torn = "".join([lines[0], marked, *lines[2:-1]]) + lines[-1][: len(lines[-1]) // 2]
+    marked = lines[2].rsplit(",", 1)[0] + ",999.000\n"
+    torn = "".join([*lines[:2], marked, *lines[3:-1]]) + lines[-1][: len(lines[-1]) // 2]
     out.write_text(torn)
     assert main(["certify", str(inputs), str(out), *BASE]) == 0
+    assert "dropped a torn last line" in capsys.readouterr().err
     again = _rows(out)
     assert len(again) == len(full)  # no duplicate, nothing lost
     assert again[0]["seconds"] == "999.000"  # finished rows are not redone
@@ -103,10 +108,12 @@ def test_resume_skips_done_and_redoes_torn_line(inputs, tmp_path, capsys):
     assert out.read_text().endswith("\n")
     # a damaged line that is not the last one is an error, not silently dropped
     bad = out.read_text().splitlines(keepends=True)
-    bad[2] = "garbage\n"
+    bad[3] = "garbage\n"
     out.write_text("".join(bad))
+    before = out.read_bytes()
     assert main(["certify", str(inputs), str(out), *BASE]) == 2
-    assert "line 3 is damaged" in capsys.readouterr().err
+    assert "line 4 is damaged" in capsys.readouterr().err
+    assert out.read_bytes() == before
 
 
 def test_other_settings_refused(inputs, tmp_path, capsys):
@@ -119,13 +126,13 @@ def test_other_settings_refused(inputs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mutate,args,needle", [
-    (lambda d: (d / "images" / "img0.png").write_bytes(b"not a png"), [], "record 'ex0'"),
+    (lambda d: (d / "images" / "img0.png").write_bytes(b"not a png"), [], "record 1 (id 'ex0')"),
     (lambda d: (d / "images" / "img1.npy").unlink(), [], "img1.npy"),
     (lambda d: d.joinpath("inputs.jsonl").write_text('{"id": "a", "image": "images/img0.png"}\n'), [], "no text"),
     (lambda d: d.joinpath("inputs.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n'),
      ["--sigma", "0"], "duplicate id"),
     (lambda d: d.joinpath("inputs.jsonl").write_text('{"id": "a", "text": "x", "image": [[0.1]]}\n{oops\n'),
-     [], "line 2"),
+     [], "record 2: not valid JSON"),
     (lambda d: d.joinpath("inputs.jsonl").write_text('{"id": "a", "tokens": [1, 9999], "image": [[0.1]]}\n'),
      [], "9999"),
     (lambda d: None, ["--model", "no_such_pkg.mod:make"], "--model"),
@@ -162,7 +169,7 @@ def test_model_that_breaks_names_the_record(tmp_path, capsys):
     out = tmp_path / "o.csv"
     assert main(["certify", str(data), str(out), "--model", f"{model}:make", "--sigma", "0", "-n", "10",
                  "--quiet"]) == 2
-    assert "record 'r1'" in capsys.readouterr().err
+    assert "record 1 (id 'r1')" in capsys.readouterr().err
     assert not out.exists()  # nothing written: no header-only or partial file
 
 
@@ -172,7 +179,8 @@ def test_threats_and_sequential_columns(inputs, tmp_path):
                  "--threat", "suffix", "--suffix-len", "2"]) == 0
     rows = _rows(out)
     # per-d: one estimate per d, stopping at the first d that fails
-    assert all(1 <= len(r["count"].split(";")) <= 2 and "r_2" in r for r in rows)
+    assert all(1 <= len(r["stage_counts"].split(";")) <= 2 and "r_2" in r for r in rows)
+    assert all(int(r["count"]) == sum(int(c) for c in r["stage_counts"].split(";")) for r in rows)
     out = tmp_path / "shared.csv"
     assert main(["certify", str(inputs), str(out), *[a for a in BASE if a not in ("--d-max", "2")],
                  "--threat", "shared-suffix", "--suffix-len", "2", "--sequential", "--target-eps", "0.1"]) == 0
@@ -244,12 +252,33 @@ def test_absorbing_kernel_and_text_only(inputs, tmp_path):
 
 
 def test_second_writer_is_refused(inputs, tmp_path):
-    from hybridrs.run.cli import InputError, ResultsFile, columns
+    from hybridrs.run.config import InputError
+    from hybridrs.run.results import ResultsFile, columns
 
     out = tmp_path / "res.csv"
     assert main(["certify", str(inputs), str(out), *BASE]) == 0
-    first = ResultsFile(out, columns(2))
+    first = ResultsFile(out, columns(2)).open()
     with pytest.raises(InputError, match="another run"):
-        ResultsFile(out, columns(2))
+        ResultsFile(out, columns(2)).open()
     first.close()
-    ResultsFile(out, columns(2)).close()  # free again once the first writer is done
+    ResultsFile(out, columns(2)).open().close()  # free again once the first writer is done
+    assert not out.with_name("res.csv.lock").exists()  # the lock file goes with its holder
+
+
+def test_model_fingerprint_follows_what_the_model_computes():
+    import types
+
+    from hybridrs.run.plugins import model_fingerprint
+
+    mod = types.ModuleType("m")  # no source file: only the weights tell models apart
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    fa = model_fingerprint(a, a, mod)
+    assert fa.startswith("weights:") and fa == model_fingerprint(a, a, mod)
+    assert fa != model_fingerprint(b, b, mod)
+    b.load_state_dict(a.state_dict())
+    assert fa == model_fingerprint(b, b, mod)  # same weights, same model
+    assert model_fingerprint(a, a, mod, "ckpt-1") == model_fingerprint(b, b, mod, lambda: "ckpt-1")
+    assert model_fingerprint(a, a, mod, "ckpt-1") != model_fingerprint(a, a, mod, "ckpt-2")
+    src = model_fingerprint(object(), object(), __import__("examples.toy_model", fromlist=["x"]))
+    assert src.startswith("source:")

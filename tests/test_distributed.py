@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridrs.run.cli import CertifyConfig, InputError, run_certify
+from hybridrs.run.config import CertifyConfig, InputError
+from hybridrs.run.runner import run_certify
 from hybridrs.run.distributed import run_certify_ray
 
 RAY_TESTS = os.environ.get("HYBRIDRS_RAY_TESTS") == "1"
@@ -99,6 +100,7 @@ def inputs(tmp_path, monkeypatch):
 
 def _rows(path):
     with open(path, newline="") as f:
+        f.readline()  # the settings line
         return {r["id"]: {k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)}
 
 
@@ -124,7 +126,7 @@ def test_sharded_equals_single_process_and_survives_a_killed_worker(cluster, inp
     assert killed
     assert _rows(sharded) == _rows(single)
     lines = sharded.read_text().splitlines()
-    assert len(lines) == 1 + len(_rows(single))  # no duplicate rows
+    assert len(lines) == 2 + len(_rows(single))  # no duplicate rows
     # resumable the same way: a rerun (here single-process) finds nothing to do
     before = sharded.read_bytes()
     run_certify(_cfg(), inputs, sharded, progress=False)
@@ -215,7 +217,7 @@ def test_driver_logic_with_a_dying_worker(inputs, tmp_path, monkeypatch):
 
     run_certify_ray(_cfg(), inputs, sharded, progress=False, after_row=kill_one)
     assert _rows(sharded) == _rows(single)
-    assert len(sharded.read_text().splitlines()) == 1 + len(_rows(single))
+    assert len(sharded.read_text().splitlines()) == 2 + len(_rows(single))
     assert seen == list(range(1, len(_rows(single)) + 1))
     assert fake.log["spawned"] == 3  # two replicas (2 CPUs) and one replacement
     assert fake.log["options"][0] == {"num_gpus": 0.0, "num_cpus": 1}
@@ -237,7 +239,7 @@ def test_driver_gives_up_and_reports(inputs, tmp_path, monkeypatch):
     out = tmp_path / "r.csv"
     with pytest.raises(InputError, match="workers keep dying"):
         run_certify_ray(_cfg(), inputs, out, progress=False, after_row=kill_all, max_replacements=1)
-    assert len(out.read_text().splitlines()) >= 2  # the finished row stayed
+    assert len(out.read_text().splitlines()) >= 3  # the finished row stayed
     with pytest.raises(InputError, match="--num-gpus"):
         run_certify_ray(_cfg(), inputs, tmp_path / "g.csv", num_gpus=1, progress=False)
 
@@ -264,7 +266,7 @@ def test_actors_freed_after_a_model_error(inputs, tmp_path, monkeypatch):
         return cls_wrap
 
     fake.remote = remote
-    with pytest.raises(InputError, match="record 'ex.*boom"):
+    with pytest.raises(InputError, match="record .*id 'ex.*boom"):
         run_certify_ray(_cfg(), inputs, tmp_path / "r.csv", progress=False)
     assert made and all(a.dead for a in made)  # killed in the clean-up
     assert not (tmp_path / "r.csv").exists()

@@ -6,9 +6,9 @@
 time; the driver writes each finished row to the results file and flushes it, exactly as the
 single-process run does.  Hence:
 
-* the results file is the same as a single-process run's (same columns, same settings sidecar,
+* the results file is the same as a single-process run's (same columns, same settings line,
   same rows up to their order and the ``seconds`` column): every input is seeded from the global
-  seed and its id (:func:`hybridrs.cli.record_seed`), never from its position or its worker;
+  seed and its id (``hybridrs.seeds.input_seed(seed, id)``), never from its position or its worker;
 * it resumes the same way (finished ids are skipped, a torn last line is redone), and a run may be
   resumed with or without Ray;
 * a worker that dies (node lost, out of memory, killed) loses only the input it was working on:
@@ -23,7 +23,7 @@ importable on every node (install it there, or use Ray's runtime environments).
 
 Note on devices: the random stream of ``torch.Generator`` differs between CPU and CUDA, so a run
 on GPU workers gives different (equally valid) draws than a run on CPU workers.  The settings
-sidecar records the device, and a resume with another device is refused.
+line records the device, and a resume with another device is refused.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ import os
 from dataclasses import asdict
 from typing import Callable
 
-from hybridrs.run.cli import (CertifyConfig, InputError, Record, ResultsFile, certify_or_explain, prepare,
-                  summarize)
+from hybridrs.run.config import CertifyConfig, InputError
+from hybridrs.run.records import Record
+from hybridrs.run.results import ResultsFile
+from hybridrs.run.runner import certify_or_explain, plan, prepare, summarize
 
 
 def _require_ray():
@@ -50,7 +52,7 @@ class _Worker:
     def __init__(self, cfg_dict: dict, device: str, threads: int):
         import torch
 
-        from hybridrs.run.cli import Certifier, CertifyConfig
+        from hybridrs.run.runner import Certifier
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -60,8 +62,8 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def certify(self, rec: Record) -> dict:
-        return certify_or_explain(self.certifier, rec)
+    def certify(self, rec: Record, fingerprint: str) -> dict:
+        return certify_or_explain(self.certifier, rec, fingerprint)
 
 
 def _plan(ray, num_gpus: float | None, workers: int | None) -> tuple[float, int]:
@@ -83,7 +85,7 @@ def _plan(ray, num_gpus: float | None, workers: int | None) -> tuple[float, int]
 def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str | None = None,
                     num_gpus: float | None = None, workers: int | None = None, progress: bool = True,
                     init_kwargs: dict | None = None, after_row: Callable[[int, list], None] | None = None,
-                    max_replacements: int | None = None) -> dict:
+                    max_replacements: int | None = None, image_root=None) -> dict:
     """Certify every unfinished record of ``input_path`` on a Ray cluster; return the summary.
 
     ``address``: a running cluster ("auto", "ray://host:10001", "host:6379"), or None to start a
@@ -97,7 +99,8 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
     from hybridrs._progress import progress_bar
 
     ray = _require_ray()
-    certifier, records = prepare(cfg, input_path, _cpu_model(cfg))
+    cfg.validate()
+    certifier, records = prepare(cfg, input_path, _cpu_model(cfg), image_root=image_root, output_path=output_path)
     started = False
     if not ray.is_initialized():
         kwargs = dict(init_kwargs or {})
@@ -109,13 +112,15 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
                              f"{type(exc).__name__}: {exc}") from None
         started = True
     actors: list = []
+    results = None
     try:
         gpus, n_workers = _plan(ray, num_gpus, workers)
         device = "cuda" if gpus > 0 else "cpu"
         cfg = CertifyConfig(**{**asdict(cfg), "device": device})  # the device the rows are drawn on
-        results = ResultsFile(output_path, certifier.columns, cfg.settings())
-        todo = [r for r in records if r.id not in results.done]
-        for rec in todo:  # ship pixels, not paths: workers may not see the driver's files
+        settings = {**cfg.settings(), "model_fingerprint": certifier.model.fingerprint}
+        results = ResultsFile(output_path, certifier.columns, settings).open()
+        todo = plan(records, results, settings)
+        for rec, _ in todo:  # ship pixels, not paths: workers may not see the driver's files
             if rec.image is not None and not hasattr(rec.image, "shape"):
                 rec.image = rec.load_image().numpy()
         n_workers = min(n_workers, max(1, len(todo)))
@@ -134,22 +139,22 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
         with results:
             def submit(i):
                 if queue:
-                    rec = queue.pop()
-                    running[actors[i].certify.remote(rec)] = (i, rec)
+                    rec, fp = queue.pop()
+                    running[actors[i].certify.remote(rec, fp)] = (i, (rec, fp))
 
             for i in range(n_workers):
                 submit(i)
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1)
                 fut = ready[0]
-                i, rec = running.pop(fut)
+                i, (rec, fp) = running.pop(fut)
                 try:
                     row = ray.get(fut)
                 except ray.exceptions.RayActorError as exc:
                     if budget <= 0:
-                        raise InputError(f"--ray: workers keep dying (last on record {rec.id!r}): {exc}") from None
+                        raise InputError(f"--ray: workers keep dying (last on {rec.where}): {exc}") from None
                     budget -= 1
-                    queue.append(rec)  # redo it on a fresh replica
+                    queue.append((rec, fp))  # redo it on a fresh replica
                     try:
                         ray.kill(actors[i])
                     except Exception:  # noqa: BLE001 - already gone
@@ -160,7 +165,7 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
                     msg = str(getattr(exc, "cause", None) or cause)
-                    raise InputError(msg if msg.startswith("record ") else f"record {rec.id!r}: {msg}") from None
+                    raise InputError(msg if msg.startswith("record ") else f"{rec.where}: {msg}") from None
                 results.append(row)
                 written += 1
                 bar.update(1)
@@ -169,6 +174,8 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
                 submit(i)
         bar.close()
     finally:
+        if results is not None:
+            results.close()
         for a in actors:  # free the GPUs of a shared cluster, also after an error
             try:
                 ray.kill(a)
@@ -176,11 +183,10 @@ def run_certify_ray(cfg: CertifyConfig, input_path, output_path, *, address: str
                 pass
         if started:
             ray.shutdown()
-    ids = {r.id for r in records}
-    return summarize([row for rid, row in results.done.items() if rid in ids], cfg.d_max)
+    return summarize([results.done[r.key] for r in records if r.key in results.done], cfg.d_max)
 
 
 def _cpu_model(cfg: CertifyConfig):
-    from hybridrs.run.cli import load_model
+    from hybridrs.run.plugins import load_model
 
     return load_model(cfg.model, "cpu")
