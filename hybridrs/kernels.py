@@ -85,7 +85,11 @@ class _TokenKernel:
         return cache[key]
 
     def _check_once(self, tokens: torch.Tensor, check) -> None:
-        """Run ``check()`` unless it already passed for this very tensor, unmodified since."""
+        """Run ``check()`` unless it already passed for this very tensor, unmodified since.
+        Inference-mode tensors keep no version counter, so they are checked every time."""
+        if tokens.is_inference():
+            check()
+            return
         stamp = (tokens.data_ptr(), tokens._version, tuple(tokens.shape), tokens.device)
         seen = self.__dict__.get("_checked")
         if seen is not None and seen[0]() is tokens and seen[1] == stamp:

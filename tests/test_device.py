@@ -93,6 +93,12 @@ def test_kernel_checks_run_once_per_tokens_tensor():
     toks[0] = 3  # modified in place: checked again, and rejected
     with pytest.raises(ValueError, match="alphabet"):
         kernel.sample(toks, 10, generator=gen)
+    with torch.inference_mode():  # no version counter: checked on every call
+        bad = torch.tensor([5, 6, 7])
+        kernel.sample(bad, 10, generator=gen)
+        bad[0] = 3
+        with pytest.raises(ValueError, match="alphabet"):
+            kernel.sample(bad, 10, generator=gen)
 
 
 @pytest.mark.parametrize("family", ["llava", "next", "onevision"])
