@@ -147,6 +147,8 @@ def test_logit_mass_rule_and_checks():
 
 def test_margin_is_differentiable_in_the_pixels():
     ad = tiny_vlm.adapter("next")
+    with torch.inference_mode():  # caches built here must still serve a forward with gradients
+        ad(tiny_vlm.user_tokens(2), torch.rand(2, 3, 20, 28))
     imgs = torch.rand(2, 3, 20, 28, requires_grad=True)
     ad.margin(tiny_vlm.user_tokens(2), imgs).sum().backward()
     assert imgs.grad is not None and imgs.grad.abs().sum() > 0

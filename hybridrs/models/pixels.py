@@ -138,8 +138,9 @@ class PixelPipeline:
             return x
         key = (H, W, h, w, x.device, x.dtype)
         if key not in cache:  # built once on the host, copied once to the device
-            cache[key] = (torch.as_tensor(resample_matrix(H, h, self.mode), dtype=x.dtype, device=x.device),
-                          torch.as_tensor(resample_matrix(W, w, self.mode), dtype=x.dtype, device=x.device))
+            with torch.inference_mode(False):  # usable later in a forward that records gradients
+                cache[key] = (torch.as_tensor(resample_matrix(H, h, self.mode), dtype=x.dtype, device=x.device),
+                              torch.as_tensor(resample_matrix(W, w, self.mode), dtype=x.dtype, device=x.device))
         mh, mw = cache[key]
         # Pillow resamples 8-bit images, horizontally then vertically, and so clips the cubic's
         # overshoot to the pixel range after each pass
@@ -162,8 +163,9 @@ class PixelPipeline:
         b, C, H, W = images.shape
         nkey = ("norm", images.device, images.dtype, C)
         if nkey not in cache:
-            mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+            with torch.inference_mode(False):
+                mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+                std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
             cache[nkey] = (mean, std)
         mean, std = cache[nkey]
         if self.grid_pinpoints is None:

@@ -200,16 +200,17 @@ class VLMGuardAdapter:
         if key not in self._cache:  # one host-to-device copy per device, not one per batch
             vals = {"prefix": self.layout.prefix, "between": self.layout.between, "suffix": self.layout.suffix,
                     "unsafe": self.unsafe_ids, "safe": self.safe_ids}[name]
-            self._cache[key] = torch.tensor(list(vals), dtype=torch.long, device=device)
+            with torch.inference_mode(False):  # see _prefix_kv
+                self._cache[key] = torch.tensor(list(vals), dtype=torch.long, device=device)
         return self._cache[key]
 
-    @torch.no_grad()
     def _prefix_kv(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         key = ("kv", device, _param(self.model).dtype)  # recomputed if the model is cast after a call
         if key not in self._cache:
-            # no_grad rather than inference_mode: the cached tensors may later enter a forward
-            # that records gradients (attacks), which inference tensors would forbid.
-            out = self.model(input_ids=self._ids("prefix", device)[None], use_cache=True, logits_to_keep=1)
+            # Cached tensors may later enter a forward that records gradients (attacks), which
+            # inference tensors forbid: build them outside inference mode, without a graph.
+            with torch.inference_mode(False), torch.no_grad():
+                out = self.model(input_ids=self._ids("prefix", device)[None], use_cache=True, logits_to_keep=1)
             self._cache[key] = [(k, val) for k, val, *_ in out.past_key_values]
         return self._cache[key]
 
