@@ -197,3 +197,18 @@ def test_gpu_benchmark_tiny_writes_its_table(tmp_path, monkeypatch):
     cfg = bench.build(True, torch.device("cpu"))[0].config
     full = bench.forward_flops(cfg, 1, 100, 0)
     assert bench.forward_flops(cfg, 1, 60, 40) < full
+
+
+@pytest.mark.parametrize("family", ["llava", "onevision"])
+def test_bf16_model(family):
+    """The GPU path's dtype: pixel values are cast to the model's bf16, margins come back in
+    float32 and close to the float32 model's (bf16 keeps about 3 significant digits)."""
+    ad = tiny_vlm.adapter(family)
+    toks, imgs = tiny_vlm.user_tokens(4), torch.rand(4, 3, 20, 28)
+    with torch.no_grad():
+        want = ad.margin(toks, imgs)
+        ad.model.to(torch.bfloat16)
+        got = ad.margin(toks, imgs)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert ad.pixel_values(imgs)[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0)
