@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -66,14 +67,40 @@ def _times(k: int, log_p: float) -> float:
 
 
 class _TokenKernel:
-    """Shared plumbing: position masks, generators, argument checks."""
+    """Shared plumbing: position masks, generators, argument checks, per-device constants.
+
+    Device rules: every tensor is created on the tokens' device; constants (alphabet, index,
+    arities) live on the CPU and are copied once per device, not once per batch; the checks that
+    read token values back to the host run once per tokens tensor (the engine passes the same
+    tensor for every batch), since a read per batch would stall an accelerator each time.
+    """
 
     beta: float
 
+    def _on(self, name: str, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_device_cache", {})
+        key = (name, device)
+        if key not in cache:
+            cache[key] = getattr(self, name).to(device)
+        return cache[key]
+
+    def _check_once(self, tokens: torch.Tensor, check) -> None:
+        """Run ``check()`` unless it already passed for this very tensor, unmodified since.
+        Inference-mode tensors keep no version counter, so they are checked every time."""
+        if tokens.is_inference():
+            check()
+            return
+        stamp = (tokens.data_ptr(), tokens._version, tuple(tokens.shape), tokens.device)
+        seen = self.__dict__.get("_checked")
+        if seen is not None and seen[0]() is tokens and seen[1] == stamp:
+            return
+        check()
+        self.__dict__["_checked"] = (weakref.ref(tokens), stamp)
+
     @staticmethod
-    def _check_tokens(tokens) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor):
-            tokens = torch.as_tensor(tokens)
+    def _check_tokens(tokens, generator=None) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):  # a list goes where the noise is drawn
+            tokens = torch.as_tensor(tokens, device=generator.device if generator is not None else "cpu")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must be an integer tensor of ids, got dtype {tokens.dtype}")
         if tokens.ndim != 1:
@@ -121,15 +148,15 @@ class UniformKernel(_TokenKernel):
     def __init__(self, beta: float, vocab_size: int | None = None, alphabet: Sequence[int] | None = None):
         self.beta = v.beta(beta)
         if alphabet is not None:
-            ids = torch.as_tensor(list(alphabet), dtype=torch.long)
+            ids = torch.as_tensor(list(alphabet), dtype=torch.long, device="cpu")
             if ids.ndim != 1 or len(torch.unique(ids)) != len(ids) or (ids < 0).any():
                 raise ValueError("alphabet must be a list of distinct non-negative token ids")
             if vocab_size is not None and int(vocab_size) != len(ids):
                 raise ValueError(f"vocab_size ({vocab_size}) disagrees with len(alphabet) ({len(ids)})")
             vocab_size = len(ids)
             self.alphabet = ids
-            self._index = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
-            self._index[ids] = torch.arange(len(ids))
+            self._index = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long, device="cpu")
+            self._index[ids] = torch.arange(len(ids), device="cpu")
         else:
             if vocab_size is None:
                 raise ValueError("vocab_size is required when no alphabet is given")
@@ -146,24 +173,28 @@ class UniformKernel(_TokenKernel):
         ``mask`` (bool, shape (L,)) restricts the noise to the marked positions (append-only
         suffix threat); the others stay clean.
         """
-        tokens = self._check_tokens(tokens)
+        tokens = self._check_tokens(tokens, generator)
         if self.alphabet is None:
-            if (tokens < 0).any() or (tokens >= self.vocab_size).any():
-                raise ValueError(f"tokens must be ids in [0, {self.vocab_size}) for this kernel")
+            def check():
+                if (tokens < 0).any() or (tokens >= self.vocab_size).any():
+                    raise ValueError(f"tokens must be ids in [0, {self.vocab_size}) for this kernel")
             pos = tokens
         else:
-            index = self._index.to(tokens.device)
+            index = self._on("_index", tokens.device)
             inside = (tokens >= 0) & (tokens < len(index))
             pos = torch.where(inside, index[tokens.clamp(0, len(index) - 1)], torch.full_like(tokens, -1))
-            if (pos < 0).any():
-                bad = tokens[pos < 0][0].item()
-                raise ValueError(f"token id {bad} is not in the kernel's alphabet")
+
+            def check():
+                if (pos < 0).any():
+                    bad = tokens[pos < 0][0].item()
+                    raise ValueError(f"token id {bad} is not in the kernel's alphabet")
+        self._check_once(tokens, check)
         hit = self._replace_mask(tokens, n, generator, mask)
         # Draw among the V − 1 others: an index r in [0, V − 2], shifted past the current token.
         r = torch.randint(0, self.vocab_size - 1, hit.shape, generator=generator, device=tokens.device)
         other = r + (r >= pos).long()
         if self.alphabet is not None:
-            other = self.alphabet.to(tokens.device)[other]
+            other = self._on("alphabet", tokens.device)[other]
         return torch.where(hit, other, tokens.expand_as(hit))
 
     def groups(self, d: int) -> Groups:
@@ -203,7 +234,7 @@ class AbsorbingKernel(_TokenKernel):
 
     def sample(self, tokens, n: int, generator: torch.Generator | None = None, mask=None) -> torch.Tensor:
         """n masked copies of ``tokens`` (shape (L,)) as an (n, L) tensor on the tokens' device."""
-        tokens = self._check_tokens(tokens)
+        tokens = self._check_tokens(tokens, generator)
         hit = self._replace_mask(tokens, n, generator, mask)
         return torch.where(hit, torch.full_like(hit, self.mask_id, dtype=torch.long), tokens.expand_as(hit))
 
@@ -230,19 +261,22 @@ class HeteroUniformKernel(_TokenKernel):
         ar = [v.integer(a, "arities", minimum=2) for a in arities]
         if not ar:
             raise ValueError("arities must list at least one field")
-        self.arities = torch.tensor(ar, dtype=torch.long)
+        self.arities = torch.tensor(ar, dtype=torch.long, device="cpu")
 
     def __repr__(self) -> str:
         return f"HeteroUniformKernel(beta={self.beta}, arities={self.arities.tolist()})"
 
     def sample(self, tokens, n: int, generator: torch.Generator | None = None, mask=None) -> torch.Tensor:
         """n noisy copies of a record of category indices (shape (m,), field f in [0, V_f))."""
-        tokens = self._check_tokens(tokens)
-        ar = self.arities.to(tokens.device)
+        tokens = self._check_tokens(tokens, generator)
+        ar = self._on("arities", tokens.device)
         if tokens.shape != ar.shape:
             raise ValueError(f"tokens must have one entry per field ({len(ar)}), got {tuple(tokens.shape)}")
-        if (tokens < 0).any() or (tokens >= ar).any():
-            raise ValueError("tokens must be category indices in [0, arity) for each field")
+
+        def check():
+            if (tokens < 0).any() or (tokens >= ar).any():
+                raise ValueError("tokens must be category indices in [0, arity) for each field")
+        self._check_once(tokens, check)
         hit = self._replace_mask(tokens, n, generator, mask)
         u = torch.rand(hit.shape, generator=generator, device=tokens.device, dtype=torch.float64)
         r = torch.minimum((u * (ar - 1)).long(), ar - 2)

@@ -26,15 +26,15 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError("x contains NaN")
 
 
-def _eps_vector(eps, n: int, dtype) -> torch.Tensor:
+def _eps_vector(eps, n: int, dtype, device=None) -> torch.Tensor:
     """ε as a (N,) tensor, from a scalar or a per-example tensor; ValueError on ε < 0 or NaN."""
     if isinstance(eps, torch.Tensor) and eps.ndim > 0:
         if eps.shape != (n,):
             raise ValueError(f"eps must be a scalar or have shape ({n},), got {tuple(eps.shape)}")
         if torch.isnan(eps).any() or (eps < 0).any() or torch.isinf(eps).any():
             raise ValueError("eps must be finite and >= 0 (got NaN, inf or a negative entry)")
-        return eps.to(dtype)
-    return torch.full((n,), _validate.nonnegative(eps, "eps"), dtype=dtype)
+        return eps.to(dtype=dtype, device=device)
+    return torch.full((n,), _validate.nonnegative(eps, "eps"), dtype=dtype, device=device)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -114,20 +114,22 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
     if loss not in ("ce", "margin", "targeted"):
         raise ValueError(f"loss must be 'ce', 'margin' or 'targeted', got {loss!r}")
     n = x.shape[0]
-    eps_v = _eps_vector(eps, n, x.dtype)
+    dev = x.device
+    eps_v = _eps_vector(eps, n, x.dtype, dev)
     if step_size is None:
         eta = 2.5 * eps_v / steps
     else:
-        eta = torch.full((n,), _validate.nonnegative(step_size, "step_size"), dtype=x.dtype)
+        eta = torch.full((n,), _validate.nonnegative(step_size, "step_size"), dtype=x.dtype, device=dev)
     if clip is not None and ((x < clip[0]) | (x > clip[1])).any():
         raise ValueError(f"x must lie in the box clip={clip}")
     x = x.detach()
-    gen = torch.Generator().manual_seed(seed)
+    # The random start is drawn on the CPU and copied over, so it is the same on every device.
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     d = x[0].numel()
     if random_start:
-        direction = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        direction = torch.randn(x.shape, generator=gen, dtype=x.dtype, device="cpu").to(dev)
         direction = direction / _per_example(_flat_norm(direction).clamp_min(1e-30), x)
-        radius = eps_v * torch.rand(n, generator=gen, dtype=x.dtype) ** (1.0 / d)
+        radius = eps_v * torch.rand(n, generator=gen, dtype=x.dtype, device="cpu").to(dev) ** (1.0 / d)
         delta0 = direction * _per_example(radius, x)
     else:
         delta0 = torch.zeros_like(x)
@@ -142,7 +144,7 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
         xr, yr = x[rows], y[rows]
         delta = feasible(delta0[rows], rows)
         best = xr + delta
-        done = torch.zeros(len(rows), dtype=torch.bool)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
         for _ in range(steps + 1):
             xd = (xr + delta).detach().requires_grad_(True)
             logits = model(xd)
@@ -164,23 +166,23 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, steps: int =
         best[~done] = (xr + delta)[~done]
         return best.detach(), done
 
-    all_rows = torch.arange(n)
+    all_rows = torch.arange(n, device=dev)
     if loss != "targeted":
         return run(all_rows, None)[0]
     # one attack per target class j ≠ y, all run as one batch; keep the first that succeeds
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
     rows = all_rows.repeat_interleave(n_classes)
-    targets = torch.arange(n_classes).repeat(n)
+    targets = torch.arange(n_classes, device=dev).repeat(n)
     keep = targets != y[rows]
     rows, targets = rows[keep], targets[keep]
     adv, ok = run(rows, targets)
-    pos = torch.arange(len(rows))
+    pos = torch.arange(len(rows), device=dev)
     none = len(rows)
-    first = torch.full((n,), none, dtype=torch.long).scatter_reduce(
+    first = torch.full((n,), none, dtype=torch.long, device=dev).scatter_reduce(
         0, rows, torch.where(ok, pos, torch.full_like(pos, none)), reduce="amin")
     # points never broken get their last run's final iterate (any feasible point will do)
-    last = torch.zeros(n, dtype=torch.long).scatter_reduce(0, rows, pos, reduce="amax")
+    last = torch.zeros(n, dtype=torch.long, device=dev).scatter_reduce(0, rows, pos, reduce="amax")
     pick = torch.where(first < none, first, last)
     return adv[pick].detach()
 
@@ -209,8 +211,8 @@ def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_max
     n = x.shape[0]
     with torch.no_grad():
         wrong = model(x).argmax(dim=1) != y
-    lo = torch.zeros(n, dtype=x.dtype)
-    hi = torch.full((n,), eps_max, dtype=x.dtype)
+    lo = torch.zeros(n, dtype=x.dtype, device=x.device)
+    hi = torch.full((n,), eps_max, dtype=x.dtype, device=x.device)
     ok = is_adversarial(model, pgd_l2(model, x, y, hi, steps=steps, seed=seed, clip=clip, loss=loss,
                                    random_start=random_start), y)
     hi[~ok] = math.inf

@@ -1,5 +1,4 @@
-"""Base classifiers for the experiments: a small multimodal safety filter, and an adapter for
-LLaVA-Guard-style vision-language safety models.
+"""The small multimodal safety filter of the experiments (chapter 8) and its training.
 
 ``FusionFilter`` — f(tokens, images) ∈ {0, 1} (1 = unsafe):
 
@@ -16,9 +15,7 @@ token replacement at rate β on the prompt, random tokens in the appended suffix
 noise of a random σ ∈ [0, σ_max] added to the [0, 1] pixels (Cohen et al. 2019, §4).  One noisy
 sample costs one small forward pass, so n = 10⁴ draws take seconds on two CPU cores.
 
-``VLMGuardAdapter`` — one forward pass of a Hugging Face vision-language model; Unsafe iff
-logsumexp of the next-token logits over the single-token spellings of "Unsafe" exceeds that over
-"Safe" (the ``logit_mass`` rule of Delattre et al.'s released code, paper.md §1.1).
+Hugging Face vision-language safety filters are wrapped by :mod:`hybridrs.models.vlm`.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from hybridrs import _validate as v
 from hybridrs._paths import model_dir as default_model_dir
 
 
@@ -99,7 +95,8 @@ class FusionFilter(nn.Module):
     def _check(self, tokens, images) -> tuple[torch.Tensor, torch.Tensor]:
         if tokens is None or images is None:
             raise ValueError("FusionFilter needs both tokens and images")
-        tokens = torch.as_tensor(tokens)
+        if not isinstance(tokens, torch.Tensor):  # as_tensor would move a tensor to the default device
+            tokens = torch.as_tensor(tokens, device=images.device if isinstance(images, torch.Tensor) else None)
         if tokens.ndim != 2 or tokens.dtype.is_floating_point:
             raise ValueError(f"tokens must be a (b, L) LongTensor, got {tuple(tokens.shape)} {tokens.dtype}")
         if tokens.shape[1] > self.cfg.max_len:
@@ -109,7 +106,12 @@ class FusionFilter(nn.Module):
                              f"got {tuple(images.shape)}")
         if images.shape[0] != tokens.shape[0]:
             raise ValueError("tokens and images must hold the same number of rows")
-        if torch.isnan(images).any():
+        if tokens.device != images.device:
+            raise ValueError(f"tokens are on {tokens.device} but images on {images.device}")
+        # The NaN check reads the data back to the host: free on the CPU, a synchronisation per
+        # batch on an accelerator, where a NaN image is left to the caller (HybridSmooth checks
+        # the clean image once).
+        if images.device.type == "cpu" and torch.isnan(images).any():
             raise ValueError("images contains NaN")
         return tokens.long(), images
 
@@ -121,7 +123,8 @@ class FusionFilter(nn.Module):
         """(unsafe logit, text vector t, image vector v)."""
         tokens, images = self._check(tokens, images)
         b = tokens.shape[0]
-        ids = torch.cat([torch.full((b, 1), self.cfg.cls_id, dtype=torch.long), tokens], dim=1)
+        cls = torch.full((b, 1), self.cfg.cls_id, dtype=torch.long, device=tokens.device)
+        ids = torch.cat([cls, tokens], dim=1)
         att = (ids != 0).long()
         hs = self.text(input_ids=ids, attention_mask=att).last_hidden_state
         m = att.unsqueeze(-1).to(hs.dtype)
@@ -329,72 +332,3 @@ def throughput(model, tokens: torch.Tensor, image: torch.Tensor, batch: int = 10
         model(toks, imgs)
         best = min(best, time.perf_counter() - t0)
     return batch / best
-
-
-# ------------------------------------------------------------------------------------------------
-# LLaVA-Guard-style adapter
-# ------------------------------------------------------------------------------------------------
-
-
-def answer_spellings(tokenizer, word: str) -> list[int]:
-    """Ids of the single-token spellings of ``word``: case variants (word, Word, WORD), optionally
-    preceded by a space, newline or tab and followed by one of . ! , : (the released code's
-    ``logit_mass`` set).  Multi-token spellings are skipped."""
-    out = set()
-    for w in {word.lower(), word.capitalize(), word.upper()}:
-        for pre in ("", " ", "\n", "\t"):
-            for post in ("", ".", "!", ",", ":"):
-                ids = tokenizer(pre + w + post, add_special_tokens=False)["input_ids"]
-                if len(ids) == 1:
-                    out.add(int(ids[0]))
-    return sorted(out)
-
-
-class VLMGuardAdapter:
-    """Wrap a Hugging Face vision-language model as a binary safety filter f(tokens, images).
-
-    ``tokens`` are the ids of the user text (b, L); each row is inserted into a fixed prompt
-    ``prefix_ids ∥ image tokens ∥ tokens ∥ suffix_ids`` (the chat template with its one image slot
-    and the safety policy); ``images`` (b, C, H, W) are pixel values in the processor's space.
-    One forward pass; label 1 (Unsafe) iff logsumexp_{u ∈ U} logit_u > logsumexp_{s ∈ S} logit_s at
-    the last position, U and S the single-token spellings of "Unsafe" and "Safe"
-    (Delattre et al. 2026, released code, rule ``logit_mass``).
-    """
-
-    def __init__(self, model, tokenizer, *, image_token_id: int, num_image_tokens: int,
-                 prefix_ids=(), suffix_ids=(), unsafe_ids=None, safe_ids=None):
-        self.model = model.eval()
-        self.image_token_id = v.integer(image_token_id, "image_token_id")
-        self.num_image_tokens = v.integer(num_image_tokens, "num_image_tokens", minimum=1)
-        self.prefix = torch.as_tensor(list(prefix_ids), dtype=torch.long)
-        self.suffix = torch.as_tensor(list(suffix_ids), dtype=torch.long)
-        self.unsafe_ids = list(unsafe_ids) if unsafe_ids is not None else answer_spellings(tokenizer, "unsafe")
-        self.safe_ids = list(safe_ids) if safe_ids is not None else answer_spellings(tokenizer, "safe")
-        if not self.unsafe_ids or not self.safe_ids:
-            raise ValueError("unsafe_ids and safe_ids must be non-empty")
-        if set(self.unsafe_ids) & set(self.safe_ids):
-            raise ValueError("unsafe_ids and safe_ids overlap")
-
-    def input_ids(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = torch.as_tensor(tokens, dtype=torch.long)
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must be a non-empty (b, L) tensor, got {tuple(tokens.shape)}")
-        b = tokens.shape[0]
-        img = torch.full((b, self.num_image_tokens), self.image_token_id, dtype=torch.long)
-        return torch.cat([self.prefix.expand(b, -1), img, tokens, self.suffix.expand(b, -1)], dim=1)
-
-    @torch.inference_mode()
-    def margin(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """logsumexp over Unsafe spellings − logsumexp over Safe spellings (b,)."""
-        if images is None or images.ndim != 4:
-            raise ValueError("images must be a (b, C, H, W) tensor")
-        if torch.isnan(images).any():
-            raise ValueError("images contains NaN")
-        ids = self.input_ids(tokens)
-        out = self.model(input_ids=ids, pixel_values=images.to(next(self.model.parameters()).dtype),
-                         attention_mask=torch.ones_like(ids))
-        last = out.logits[:, -1, :].float()
-        return torch.logsumexp(last[:, self.unsafe_ids], 1) - torch.logsumexp(last[:, self.safe_ids], 1)
-
-    def __call__(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return (self.margin(tokens, images) > 0).long()
