@@ -102,7 +102,7 @@ class FastFusion(torch.nn.Module):
         ts = []
         for st in range(0, uniq.shape[0], self.TEXT_CHUNK):
             u = uniq[st: st + self.TEXT_CHUNK]
-            ids = torch.cat([torch.full((u.shape[0], 1), m.cfg.cls_id, dtype=torch.long), u], dim=1)
+            ids = torch.cat([torch.full((u.shape[0], 1), m.cfg.cls_id, dtype=torch.long, device=u.device), u], dim=1)
             att = (ids != 0).long()
             hs = m.text(input_ids=ids, attention_mask=att).last_hidden_state
             w = att.unsqueeze(-1).to(hs.dtype)
