@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from hybridrs import _validate as v
+from hybridrs.threats import Suffix
 
 #: Filler appended for the append-only suffix threat (the released code uses ",").
 FILLER = ","
@@ -66,15 +66,14 @@ def filler_id() -> int:
 
 
 def with_suffix(tokens: torch.Tensor, m: int = SUFFIX_SLOTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s ∥ c^m, mask of the m appended slots): the base point of the append-only suffix threat."""
-    m = v.integer(m, "m", minimum=1)
-    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    """(s ∥ cᵐ, mask of the m appended slots): the base point of the append-only suffix threat,
+    built by :class:`hybridrs.threats.Suffix` itself (shared-D stage: every slot)."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long) if not isinstance(tokens, torch.Tensor) else tokens.long()
     if tokens.ndim != 1 or tokens.numel() == 0:
         raise ValueError(f"tokens must be a non-empty 1-D sequence, got shape {tuple(tokens.shape)}")
-    padded = torch.cat([tokens, torch.full((m,), filler_id(), dtype=torch.long)])
-    mask = torch.zeros(padded.numel(), dtype=torch.bool)
-    mask[tokens.numel():] = True
-    return padded, mask
+    threat = Suffix(m=m, filler_id=filler_id(), shared=True)
+    padded = threat.prepare(tokens)
+    return padded, threat.stages(padded.numel(), device=tokens.device)[0].mask
 
 
 def pad(seqs, pad_id: int = 0) -> torch.Tensor:
