@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sequential_main.py [--inputs 20] [--sigma 0.5] [--d 1] [--eps 0.5]
 
 The first ``--inputs`` unsafe test pairs of the interaction-only MAIN set (``hybridrs.data.pairs``),
-the cached fusion filter of chapter 8 (``data/models/fusion_main``), hybrid smoothing with the
+chapter 8's MAIN filter (``hybridrs.experiments.filters.chapter_filter``), hybrid smoothing with the
 uniform kernel over the usable WordPiece ids (β = 0.25) and Gaussian image noise σ, ℓ0 threat.
 Each input is certified for the target (d, ε):
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hybridrs.data import pairs as data
-from hybridrs.models import fusion as models
+from hybridrs.experiments.filters import chapter_filter
 from hybridrs.kernels import UniformKernel
 from hybridrs.estimators import FixedN, Sequential
 from hybridrs.smoothing import HybridSmooth
@@ -42,9 +42,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    # The configuration chapter 8 caches the filter under (a different one would retrain it).
-    cfg = models.FilterConfig(epochs=4, text_items=len(data.DOSE_TEMPLATES), image_items=10)
-    f, _ = models.load_or_train("fusion_main", lambda: data.dose_pairs(4000, "train", seed=0), cfg)
+    f, _ = chapter_filter("MAIN")
     test = data.dose_pairs(1000, "test", seed=0)
     idx = np.flatnonzero(test.labels == 1)[: args.inputs]
     smoother = HybridSmooth(f, sigma=args.sigma, kernel=UniformKernel(BETA, alphabet=data.usable_ids()),

@@ -293,7 +293,7 @@ def load_or_train(name: str, train_set_fn, cfg: FilterConfig, model_dir: Path | 
     if wpath.exists() and mpath.exists():
         meta = json.loads(mpath.read_text())
         data = wpath.read_bytes()
-        have = {"noise": "mixed", "cancel_share": 0.0, **meta.get("config", {})}  # files older than these fields
+        have = meta.get("config", {})
         if have == want and meta.get("sha256") == hashlib.sha256(data).hexdigest():
             model = FusionFilter(cfg)
             state = torch.load(io.BytesIO(data), weights_only=True)
