@@ -16,7 +16,8 @@ screenshot into ``book/_build/screenshots/<page>.png``. Then:
 - nothing is wider than the column of text: an injected script measures, once MathJax has
   typeset the page, every element of the article whose right edge passes the article's right edge
   and that no horizontally scrollable box inside the article contains (a display equation or a
-  table that is cut off, or that spills over the margin);
+  table that is cut off, or that spills over the margin), and every display equation that needs
+  horizontal scrolling (tables and code may scroll; equations must be broken into lines);
 - no cell output is an error (a traceback) or text written to stderr (warnings);
 - every ``<img>`` points to an existing, non-empty file of the build (or a non-empty data URI);
 - no page loads a script or stylesheet over http(s).
@@ -90,6 +91,16 @@ OVERFLOW_SCRIPT = """
       reported.push(el);
       found.push(describe(el) + ' ends at ' + Math.round(r.right) + ' px, the column at ' +
                  Math.round(box.right) + ' px');
+    }
+    // A display equation may scroll, but then the reader sees it cut at the right edge (the
+    // scrollbar is easy to miss): display equations must be broken into lines that fit.
+    var displays = article.querySelectorAll('mjx-container[display="true"]');
+    for (var j = 0; j < displays.length; j++) {
+      var d = displays[j];
+      if (d.scrollWidth > d.clientWidth + 2) {
+        found.push('display equation needs horizontal scrolling (' + d.scrollWidth + ' px in ' +
+                   d.clientWidth + ' px; break it into lines): ' + describe(d));
+      }
     }
     document.documentElement.setAttribute('%(attr)s', JSON.stringify(found));
   }
@@ -239,7 +250,7 @@ def check_overflow(dom: Node) -> list[str]:
         found = json.loads(root.attrs[OVERFLOW_ATTR] or "[]")
     except ValueError:
         return [f"unreadable width measurement: {root.attrs[OVERFLOW_ATTR][:80]!r}"]
-    return [f"wider than the column (cut off or spilling over): {item}" for item in found[:5]] + (
+    return [f"too wide for the column: {item}" for item in found[:5]] + (
         [f"... and {len(found) - 5} more elements wider than the column"] if len(found) > 5 else [])
 
 

@@ -23,6 +23,7 @@ DEFECTS = """<!DOCTYPE html><html><head><style>article { width: 300px; }</style>
 <p>See {glue:text}`cra_1.0:.3f`.</p>
 <div class="cell_output"><div class="output traceback highlight-ipythontb"><pre>ValueError</pre></div></div>
 <div class="wide" style="width: 800px">a table whose last column is cut off</div>
+<mjx-container display="true" style="display: block; overflow-x: auto; max-width: 100%"><span style="display: inline-block; width: 700px">F(u) = ... G(u) = ...</span></mjx-container>
 </article></body></html>"""
 
 CLEAN = """<!DOCTYPE html><html><head><style>article { width: 300px; }</style></head><body>
@@ -64,4 +65,5 @@ def test_wide_element_is_reported_and_scrollable_one_is_not(tmp_path):
         dom = check_book.parse_html(check_book.render(_browser(), page, tmp_path / f"{name}.png", 60))
         results[name] = check_book.check_overflow(dom)
     assert any("div.wide" in p for p in results["defects"]), results["defects"]
+    assert any("display equation" in p for p in results["defects"]), results["defects"]
     assert results["clean"] == [], results["clean"]
