@@ -194,7 +194,9 @@ def write_state(state: dict, path: Path = STATE) -> None:
 def strip_volatile(nb) -> None:
     """Drop what changes on every run although the results do not: papermill's run record
     (times, duration, environment, paths), per-cell timing metadata, and the random id papermill
-    gives the injected-parameters cell."""
+    gives the injected-parameters cell.  The injected cell is also tagged ``remove-cell``: it repeats
+    the parameters cell, so the book does not show it (papermill recreates the cell on every run,
+    without the tag)."""
     meta = nb.metadata
     if "papermill" in meta:
         meta["papermill"] = {"parameters": meta["papermill"].get("parameters", {})}
@@ -204,6 +206,9 @@ def strip_volatile(nb) -> None:
         cell.metadata.pop("execution", None)
         if is_injected(cell):
             cell["id"] = INJECTED_ID
+            tags = cell.metadata.setdefault("tags", [])
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
 
 
 def write_notebook_atomically(nb, target: Path) -> None:

@@ -9,6 +9,16 @@ screenshot into ``book/_build/screenshots/<page>.png``. Then:
 - pages with mathematics have it typeset by MathJax: every Sphinx math element holds an
   ``mjx-container``, MathJax reported no TeX error (``mjx-merror``), and no raw TeX delimiters
   (``\\(``, ``\\[``, ``$$``, ``$\\cmd ...$``) are left in the visible text;
+- no MyST role is left unprocessed, in the prose or inside the TeX of a math element (a literal
+  ``{cite}`...``` or ``{glue:text}`...``` means the role sat where MyST does not parse roles);
+- no pseudo-TeX in the prose: ``_{`` or ``^{`` outside typeset math (Unicode stand-ins such as
+  ``α^{1/n}`` instead of dollar math);
+- nothing is wider than the column of text: an injected script measures, once MathJax has
+  typeset the page, every element of the article whose right edge passes the article's right edge
+  and that no horizontally scrollable box inside the article contains (a display equation or a
+  table that is cut off, or that spills over the margin), and every display equation that needs
+  horizontal scrolling (tables and code may scroll; equations must be broken into lines);
+- no cell output is an error (a traceback) or text written to stderr (warnings);
 - every ``<img>`` points to an existing, non-empty file of the build (or a non-empty data URI);
 - no page loads a script or stylesheet over http(s).
 
@@ -46,6 +56,62 @@ NOT_PROSE = {"script", "style", "pre", "code", "textarea", "noscript", "mjx-cont
              "mjx-assistive-mml", "svg", "math", "template", "kbd", "samp"}
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\n]{0,200}?\\[A-Za-z]+[^$\n]{0,200}?\$")
 EXTERNAL = re.compile(r"^(https?:)?//", re.IGNORECASE)
+# A MyST role that was not parsed: {cite}`key`, {glue:text}`key`, {ref}`label`, ...
+RAW_ROLE = re.compile(r"\{(cite|glue|ref|numref|eq|doc|term|index|math|download)(:[a-z]+)?\}`?")
+# Sub- and superscripts written as TeX in plain text (α^{1/n}, r*_{d}): only MathJax may show them.
+PSEUDO_TEX = re.compile(r"[_^]\{")
+# Where the page's own content sits (sphinx-book-theme), and boxes deliberately outside the column.
+ARTICLE_SELECTOR = "article.bd-article, main, body"
+OVERFLOW_ATTR = "data-check-overflow"
+OVERFLOW_SCRIPT = """
+<script>
+(function () {
+  function describe(el) {
+    var cls = (el.getAttribute('class') || '').trim().split(/\\s+/).slice(0, 3).join('.');
+    var text = (el.textContent || '').replace(/\\s+/g, ' ').trim().slice(0, 60);
+    return el.tagName.toLowerCase() + (cls ? '.' + cls : '') + ' ' + JSON.stringify(text);
+  }
+  function measure() {
+    var article = document.querySelector('%(selector)s');
+    var box = article.getBoundingClientRect();
+    var found = [], reported = [];
+    var all = article.querySelectorAll('*');
+    for (var i = 0; i < all.length; i++) {
+      var el = all[i];
+      if (el.closest('mjx-assistive-mml, .margin, .sidebar, aside')) continue;
+      var r = el.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0 || r.right <= box.right + 2) continue;
+      var reachable = false;
+      for (var a = el.parentElement; a && a !== article; a = a.parentElement) {
+        var style = getComputedStyle(a);
+        if ((style.overflowX === 'auto' || style.overflowX === 'scroll') &&
+            a.getBoundingClientRect().right <= box.right + 2) { reachable = true; break; }
+      }
+      if (reachable || reported.some(function (p) { return p.contains(el); })) continue;
+      reported.push(el);
+      found.push(describe(el) + ' ends at ' + Math.round(r.right) + ' px, the column at ' +
+                 Math.round(box.right) + ' px');
+    }
+    // A display equation may scroll, but then the reader sees it cut at the right edge (the
+    // scrollbar is easy to miss): display equations must be broken into lines that fit.
+    var displays = article.querySelectorAll('mjx-container[display="true"]');
+    for (var j = 0; j < displays.length; j++) {
+      var d = displays[j];
+      if (d.scrollWidth > d.clientWidth + 2) {
+        found.push('display equation needs horizontal scrolling (' + d.scrollWidth + ' px in ' +
+                   d.clientWidth + ' px; break it into lines): ' + describe(d));
+      }
+    }
+    document.documentElement.setAttribute('%(attr)s', JSON.stringify(found));
+  }
+  window.addEventListener('load', function () {
+    var mj = window.MathJax;
+    if (mj && mj.startup && mj.startup.promise) { mj.startup.promise.then(measure, measure); }
+    else { measure(); }
+  });
+})();
+</script>
+""" % {"selector": ARTICLE_SELECTOR.split(",")[0], "attr": OVERFLOW_ATTR}
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +207,65 @@ def check_math(raw: Node, dom: Node) -> list[str]:
     return problems
 
 
+def _context(text: str, match: re.Match, width: int = 40) -> str:
+    return text[max(0, match.start() - width):match.end() + width].replace("\n", " ")
+
+
+def check_roles(raw: Node, dom: Node) -> list[str]:
+    """Unparsed MyST roles: in the TeX of a math element (MathJax would typeset the role as
+    text), or anywhere in the visible prose."""
+    problems = []
+    for node in math_elements(raw):
+        tex = node.text()
+        match = RAW_ROLE.search(tex)
+        if match:
+            problems.append(f"raw MyST role inside math: ...{_context(tex, match)}...")
+            break
+    body = next((n for n in dom.iter() if n.tag == "body"), dom)
+    text = body.text(NOT_PROSE)
+    match = RAW_ROLE.search(text)
+    if match:
+        problems.append(f"raw MyST role in the page: ...{_context(text, match)}...")
+    return problems
+
+
+def check_pseudo_tex(dom: Node) -> list[str]:
+    """``_{`` or ``^{`` in visible text outside typeset math and code."""
+    body = next((n for n in dom.iter() if n.tag == "body"), dom)
+    text = body.text(NOT_PROSE)
+    match = PSEUDO_TEX.search(text)
+    if match:
+        return [f"TeX sub/superscript outside math (use dollar math): ...{_context(text, match)}..."]
+    return []
+
+
+def check_overflow(dom: Node) -> list[str]:
+    """Elements wider than the text column, as measured in the browser by OVERFLOW_SCRIPT."""
+    import json
+
+    root = next((n for n in dom.iter() if n.tag == "html"), None)
+    if root is None or OVERFLOW_ATTR not in root.attrs:
+        return ["the width check did not run (no measurement in the rendered page)"]
+    try:
+        found = json.loads(root.attrs[OVERFLOW_ATTR] or "[]")
+    except ValueError:
+        return [f"unreadable width measurement: {root.attrs[OVERFLOW_ATTR][:80]!r}"]
+    return [f"too wide for the column: {item}" for item in found[:5]] + (
+        [f"... and {len(found) - 5} more elements wider than the column"] if len(found) > 5 else [])
+
+
+def check_outputs(raw: Node) -> list[str]:
+    """Cell outputs that are errors or stderr text (myst-nb: ``div.output.traceback`` /
+    ``div.output.stderr``)."""
+    problems = []
+    for node in raw.iter():
+        classes = node.classes()
+        if node.tag == "div" and "output" in classes and classes & {"traceback", "error", "stderr"}:
+            kind = "error" if classes & {"traceback", "error"} else "stderr"
+            problems.append(f"{kind} output in a cell: {node.text().strip()[:100]!r}")
+    return problems
+
+
 def check_images(dom: Node, page: Path, html_root: Path) -> list[str]:
     problems = []
     for img in (n for n in dom.iter() if n.tag == "img"):
@@ -190,18 +315,29 @@ def find_browser(name: str | None) -> str:
     sys.exit("check_book.py: no Chromium found (apt-get install chromium, or set CHROMIUM=...)")
 
 
+def with_measurement(html: str) -> str:
+    """The page with OVERFLOW_SCRIPT added at the end of its body."""
+    at = html.lower().rfind("</body>")
+    return html + OVERFLOW_SCRIPT if at < 0 else html[:at] + OVERFLOW_SCRIPT + html[at:]
+
+
 def render(browser: str, page: Path, screenshot: Path, timeout: float) -> str:
-    """The DOM after the page's scripts ran; the screenshot is written as a side effect."""
+    """The DOM after the page's scripts ran, measured by OVERFLOW_SCRIPT; the screenshot is written
+    as a side effect.  Chromium opens a copy of the page, next to it (so that relative links
+    resolve), with the measuring script added."""
     profile = tempfile.mkdtemp(prefix="check-book-chromium-")
+    copy = page.with_name(f".check-{os.getpid()}-{page.name}")
+    copy.write_text(with_measurement(page.read_text(errors="replace")))
     try:
         cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-               f"--screenshot={screenshot}", "--dump-dom", page.resolve().as_uri()]
+               f"--screenshot={screenshot}", "--dump-dom", copy.resolve().as_uri()]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0 or not result.stdout.strip():
             tail = "\n".join(result.stderr.strip().splitlines()[-5:])
             raise RuntimeError(f"chromium exited {result.returncode}: {tail}")
         return result.stdout
     finally:
+        copy.unlink(missing_ok=True)
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -223,7 +359,8 @@ def check_page(entry: str, html_root: Path, shots: Path, browser: str, timeout: 
         dom = parse_html(render(browser, page, shot, timeout))
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         return entry, [f"could not render: {exc}"], time.perf_counter() - start
-    problems = check_math(raw, dom) + check_images(dom, page, html_root)
+    problems = check_math(raw, dom) + check_roles(raw, dom) + check_pseudo_tex(dom)
+    problems += check_overflow(dom) + check_outputs(raw) + check_images(dom, page, html_root)
     problems += check_external(raw, "html") + check_external(dom, "after scripts")
     if not shot.is_file() or shot.stat().st_size == 0:
         problems.append(f"no screenshot written to {shot}")

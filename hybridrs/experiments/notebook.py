@@ -52,3 +52,16 @@ def save_figure(fig, chapter: str, name: str) -> Path:
     path = results_dir() / f"{chapter}_{name}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path
+
+
+def model_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's parameters and buffers (names, dtypes, shapes, bytes):
+    part of every resume key, so that a retrained model never reuses another model's rows."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
