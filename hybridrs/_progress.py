@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -9,12 +10,12 @@ def progress_bar(iterable: Any = None, *, show: bool, **kwargs: Any):
     """A tqdm bar (``tqdm.auto``: a widget in notebooks, text elsewhere), disabled when ``show`` is
     False.
 
-    When ``show`` is True no ``disable`` argument is passed, so tqdm's own environment settings
-    (``TQDM_DISABLE=1``, set by ``reproduce.py``) still apply; an explicit ``disable=False`` would
-    override them and leave empty widgets in the stored notebooks.
+    ``TQDM_DISABLE`` (set by ``reproduce.py``) is honoured here explicitly: tqdm's notebook bar
+    replaces a missing ``disable`` by False, which would override the environment and leave
+    progress widgets in the stored notebooks.
     """
     from tqdm.auto import tqdm
 
-    if not show:
+    if not show or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
         kwargs["disable"] = True
     return tqdm(iterable, **kwargs)

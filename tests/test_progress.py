@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 
+import tqdm.auto
+
 from hybridrs._progress import progress_bar
 
 PROBE = "from hybridrs._progress import progress_bar; print(progress_bar(range(3), show=True).disable)"
@@ -24,3 +26,24 @@ def test_environment_can_silence_a_shown_bar():
     # keep progress widgets out of the stored notebooks.
     assert _disabled_in_fresh_process("1") == "True"
     assert _disabled_in_fresh_process(None) == "False"
+
+
+def test_environment_silences_the_notebook_bar(monkeypatch):
+    """tqdm's notebook bar turns a missing ``disable`` into False; the helper must still obey the
+    environment (a from-scratch reproduce.py run once stored widgets this way)."""
+    import tqdm.notebook
+
+    seen = {}
+
+    class Probe:
+        def __init__(self, iterable=None, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Probe)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    progress_bar(range(3), show=True)
+    assert seen.get("disable") is True
+    monkeypatch.delenv("TQDM_DISABLE")
+    seen.clear()
+    progress_bar(range(3), show=True)
+    assert "disable" not in seen
