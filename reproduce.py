@@ -371,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             selected = ({match_notebook(n, notebooks) for n in args.only}
                         if args.only else None)
             run_notebooks(notebooks, params, selected, args.force)
+            if selected is None:
+                # The scale page's fixed-n vs sequential table: a seeded simulation (about a second).
+                subprocess.run([sys.executable, "benchmarks/sequential.py", "--out",
+                                "data/results/scale_sequential.csv"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         if not args.no_build:
             build_book()
     except ReproduceError as exc:
