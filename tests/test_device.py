@@ -130,10 +130,12 @@ def test_vlm_adapter_reads_nothing_back_from_the_device(family, monkeypatch):
 
 
 class Linear(nn.Module):
-    def __init__(self):
+    """A seeded linear classifier over flattened inputs of ``features`` values, 3 classes."""
+
+    def __init__(self, features: int = 12):
         super().__init__()
         torch.manual_seed(0)
-        self.fc = nn.Linear(12, 3)
+        self.fc = nn.Linear(features, 3)
 
     def forward(self, x):
         return self.fc(x.flatten(1))
@@ -193,16 +195,6 @@ class Bag(nn.Module):
         return (s > 0).long()
 
 
-class ImageNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
 TOKS, IMG = torch.tensor([3, 4, 5, 6, 7]), torch.rand(1, 4, 4)
 
 
@@ -238,7 +230,7 @@ def test_hybrid_smooth_count_and_certify():
 def test_gaussian_smooth():
     from hybridrs.smoothing import GaussianSmooth
 
-    gs = GaussianSmooth(ImageNet(), num_classes=3, sigma=0.5, batch_size=16)
+    gs = GaussianSmooth(Linear(16), num_classes=3, sigma=0.5, batch_size=16)
     got, want = _trapped(lambda: gs.counts(IMG, 50, seed=1))
     assert (got == want).all()
     got, want = _trapped(lambda: gs.certify(IMG, 20, 50, 0.01, seed=1))
@@ -264,7 +256,7 @@ def test_engine_reads_the_host_once_per_call_not_per_batch(image_only):
 def test_gaussian_counts_read_the_host_once_per_call():
     from hybridrs.smoothing import GaussianSmooth
 
-    gs = GaussianSmooth(ImageNet(), num_classes=3, sigma=0.5, batch_size=10)
+    gs = GaussianSmooth(Linear(16), num_classes=3, sigma=0.5, batch_size=10)
     reads = []
     for n in (20, 80):
         with HostReads() as rec:
