@@ -1,8 +1,8 @@
 """Open every chapter of the built book in headless Chromium and check what a reader would see.
 
-    .venv/bin/python scripts/check_book.py [--html book/_build/html] [--browser chromium]
+    .venv/bin/python scripts/check_book.py [--html book/_build/html] [--browser chromium] [PAGE ...]
 
-For each page listed in ``_toc.yml`` (``book/_build/html/<entry>.html``) one Chromium run, offline
+For each page listed in ``_toc.yml`` (or each PAGE given, e.g. ``book/scale``) (``book/_build/html/<entry>.html``) one Chromium run, offline
 and with a fresh profile, dumps the DOM after the page's scripts ran and takes a 1280x2400
 screenshot into ``book/_build/screenshots/<page>.png``. Then:
 
@@ -11,6 +11,10 @@ screenshot into ``book/_build/screenshots/<page>.png``. Then:
   (``\\(``, ``\\[``, ``$$``, ``$\\cmd ...$``) are left in the visible text;
 - no MyST role is left unprocessed, in the prose or inside the TeX of a math element (a literal
   ``{cite}`...``` or ``{glue:text}`...``` means the role sat where MyST does not parse roles);
+- no MyST markup is left unprocessed: no directive (```` ```{csv-table} ````, ``:::{figure}``, a
+  bare ``{figure}``) and no directive option (``:file:``, ``:name:``, ``:header-rows:``, ...) in
+  the prose, and no Markdown fence line inside a code block (a fence that MyST did not recognise,
+  e.g. because its caption holds backticks, swallows the text up to the next fence);
 - no pseudo-TeX in the prose: ``_{`` or ``^{`` outside typeset math (Unicode stand-ins such as
   ``α^{1/n}`` instead of dollar math);
 - nothing is wider than the column of text: an injected script measures, once MathJax has
@@ -58,6 +62,19 @@ RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\n]{0,200}?\\[A-Za-z]+[^$\n
 EXTERNAL = re.compile(r"^(https?:)?//", re.IGNORECASE)
 # A MyST role that was not parsed: {cite}`key`, {glue:text}`key`, {ref}`label`, ...
 RAW_ROLE = re.compile(r"\{(cite|glue|ref|numref|eq|doc|term|index|math|download)(:[a-z]+)?\}`?")
+# A directive MyST did not parse: its fence and name (```{csv-table}, :::{figure}) or a bare name.
+DIRECTIVES = ("admonition|attention|bibliography|caution|code|code-block|code-cell|csv-table|danger|"
+              "div|dropdown|epigraph|error|eval-rst|exercise|figure|glue|glue:any|glue:figure|"
+              "glue:math|glue:md|glue:text|hint|image|important|include|index|list-table|"
+              "literalinclude|margin|math|note|raw|seealso|sidebar|solution|table|tab-set|"
+              "tab-item|tip|toctree|topic|warning")
+RAW_DIRECTIVE = re.compile(r"(`{3,}|~{3,}|:{3,})\s*\{[A-Za-z][\w:.-]*\}|\{(%s)\}(?!`)" % DIRECTIVES)
+# A directive option shown as text: ":file: ../data/x.csv", ":name: fig-frontier", ":header-rows: 1".
+RAW_OPTION = re.compile(r"(?:^|\s):(align|alt|caption|class|delim|figclass|figwidth|file|header-rows|"
+                        r"height|label|name|numbered|scale|stub-columns|tags|target|width|widths):"
+                        r"(?=\s|$)", re.MULTILINE)
+# A fence line inside rendered code: the block that holds it swallowed text up to the next fence.
+CODE_FENCE = re.compile(r"^\s*(`{3,}|~{3,}|:{3,})", re.MULTILINE)
 # Sub- and superscripts written as TeX in plain text (α^{1/n}, r*_{d}): only MathJax may show them.
 PSEUDO_TEX = re.compile(r"[_^]\{")
 # Where the page's own content sits (sphinx-book-theme), and boxes deliberately outside the column.
@@ -229,6 +246,27 @@ def check_roles(raw: Node, dom: Node) -> list[str]:
     return problems
 
 
+def check_raw_markup(dom: Node) -> list[str]:
+    """MyST directives and directive options left as text in the prose, and Markdown fence lines
+    inside code blocks (the sign of a fence that did not close where the author meant)."""
+    problems = []
+    body = next((n for n in dom.iter() if n.tag == "body"), dom)
+    text = body.text(NOT_PROSE - {"code"})
+    for pattern, what in ((RAW_DIRECTIVE, "raw MyST directive"), (RAW_OPTION, "raw directive option")):
+        match = pattern.search(text)
+        if match:
+            problems.append(f"{what} in the page: ...{_context(text, match)}...")
+    for node in body.iter():
+        if node.tag == "pre":
+            code = node.text()
+            match = CODE_FENCE.search(code)
+            if match:
+                problems.append("Markdown fence inside a code block (an unclosed or unrecognised "
+                                f"fence swallowed the text after it): ...{_context(code, match)}...")
+                break
+    return problems
+
+
 def check_pseudo_tex(dom: Node) -> list[str]:
     """``_{`` or ``^{`` in visible text outside typeset math and code."""
     body = next((n for n in dom.iter() if n.tag == "body"), dom)
@@ -359,7 +397,8 @@ def check_page(entry: str, html_root: Path, shots: Path, browser: str, timeout: 
         dom = parse_html(render(browser, page, shot, timeout))
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         return entry, [f"could not render: {exc}"], time.perf_counter() - start
-    problems = check_math(raw, dom) + check_roles(raw, dom) + check_pseudo_tex(dom)
+    problems = check_math(raw, dom) + check_roles(raw, dom) + check_raw_markup(dom)
+    problems += check_pseudo_tex(dom)
     problems += check_overflow(dom) + check_outputs(raw) + check_images(dom, page, html_root)
     problems += check_external(raw, "html") + check_external(dom, "after scripts")
     if not shot.is_file() or shot.stat().st_size == 0:
@@ -369,6 +408,7 @@ def check_page(entry: str, html_root: Path, shots: Path, browser: str, timeout: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("pages", nargs="*", help="_toc.yml entries to check (default: all)")
     parser.add_argument("--html", type=Path, default=ROOT / "book" / "_build" / "html")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "book" / "_build" / "screenshots")
     parser.add_argument("--browser", help="Chromium executable (default: $CHROMIUM or PATH)")
@@ -383,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     browser = find_browser(args.browser)
     args.screenshots.mkdir(parents=True, exist_ok=True)
     entries = toc_pages(ROOT)
+    unknown = [p for p in args.pages if p not in entries]
+    if unknown:
+        print(f"check_book.py: not in _toc.yml: {', '.join(unknown)}", file=sys.stderr)
+        return 1
+    entries = [e for e in entries if e in args.pages] if args.pages else entries
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(

@@ -1,5 +1,6 @@
 """scripts/check_book.py fails on the rendering defects a reader sees: a raw {cite} role inside
-math, TeX sub/superscripts in plain text, error outputs, and elements wider than the column."""
+math, raw directives and directive options, a fence swallowed into a code block, TeX
+sub/superscripts in plain text, error outputs, and elements wider than the column."""
 
 from __future__ import annotations
 
@@ -26,6 +27,31 @@ DEFECTS = """<!DOCTYPE html><html><head><style>article { width: 300px; }</style>
 <mjx-container display="true" style="display: block; overflow-x: auto; max-width: 100%"><span style="display: inline-block; width: 700px">F(u) = ... G(u) = ...</span></mjx-container>
 </article></body></html>"""
 
+# What the "Certifying at scale" page rendered to when a csv-table's caption held backticks (an
+# info string with a backtick is not a fence): the directive as a paragraph, the text after it
+# swallowed into a code block up to the next fence.
+BROKEN_DIRECTIVE = """<!DOCTYPE html><html><body><article class="bd-article">
+<p>```{csv-table} Fixed-n against sequential certification (from <code class="docutils literal
+notranslate"><span class="pre">data/results/scale_sequential.csv</span></code>)
+:file: ../data/results/scale_sequential.csv
+:header-rows: 1</p>
+<div class="highlight-default notranslate"><div class="highlight"><pre><span></span>
+The gain depends on how many inputs sit close to the threshold.
+
+```python
+from hybridrs import HybridSmooth
+</pre></div></div>
+</article></body></html>"""
+
+# One defect each: a figure directive behind a colon fence, a lone :name: option, a bare
+# {glue:figure} directive name, a raw {glue:text} role.
+ONE_DEFECT_EACH = {
+    "colon fence": "<p>:::{figure} frontier.png</p>",
+    ":name:": "<p>The frontier.\n:name: fig-frontier</p>",
+    "bare directive": "<p>{glue:figure} fig_frontier</p>",
+    "glue role": "<p>certified at {glue:text}`cra_1:.3f`</p>",
+}
+
 CLEAN = """<!DOCTYPE html><html><head><style>article { width: 300px; }</style></head><body>
 <article class="bd-article">
 <p>The ceiling is a power of alpha, written in dollar math in the source.</p>
@@ -42,8 +68,22 @@ def test_raw_roles_pseudo_tex_and_errors_are_reported():
     assert any("error output" in p for p in check_book.check_outputs(tree))
 
 
+def test_raw_directive_options_and_swallowed_fence_are_reported():
+    problems = check_book.check_raw_markup(check_book.parse_html(BROKEN_DIRECTIVE))
+    assert any("raw MyST directive" in p and "{csv-table}" in p for p in problems), problems
+    assert any("raw directive option" in p and ":file:" in p for p in problems), problems
+    assert any("fence inside a code block" in p and "```python" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("defect", sorted(ONE_DEFECT_EACH))
+def test_each_kind_of_raw_markup_is_reported(defect):
+    tree = check_book.parse_html(f"<html><body>{ONE_DEFECT_EACH[defect]}</body></html>")
+    assert check_book.check_raw_markup(tree) + check_book.check_roles(tree, tree), defect
+
+
 def test_clean_snippet_passes_the_text_checks():
     tree = check_book.parse_html(CLEAN)
+    assert check_book.check_raw_markup(tree) == []
     assert check_book.check_roles(tree, tree) == []
     assert check_book.check_pseudo_tex(tree) == []
     assert check_book.check_outputs(tree) == []
